@@ -30,6 +30,7 @@ class ModelSettings(_Section):
 
     name: Literal["imagebind_huge", "tiny"] = "imagebind_huge"
     checkpoint_path: Path | None = None
+    checkpoint_url: str | None = None
     cache_dir: Path = DEFAULT_CACHE_DIR
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -65,6 +66,12 @@ class StoreSettings(_Section):
     exact_max_rows: int = Field(default=2_000_000, gt=0)
 
 
+class ImageSettings(_Section):
+    """How replies point at result images: a public URL when images are on S3, else the bytes."""
+
+    public_base_url: str | None = None
+
+
 class SearchSettings(_Section):
     """What a search returns by default."""
 
@@ -78,6 +85,7 @@ class Settings(_Section):
     encoder: EncoderSettings = EncoderSettings()
     limits: MediaLimits = MediaLimits()
     store: StoreSettings = StoreSettings()
+    images: ImageSettings = ImageSettings()
     search: SearchSettings = SearchSettings()
 
 

@@ -1,0 +1,72 @@
+"""Config: the example documents every key, errors name file and key, secrets stay secret."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from core.config import Secrets, Settings, load_settings
+from core.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "config.example.toml"
+
+
+def _documented_keys() -> set[str]:
+    keys = set()
+    section = None
+    for line in EXAMPLE.read_text().splitlines():
+        line = line.strip().lstrip("#").strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+        elif section and "=" in line and line.split("=")[0].strip().isidentifier():
+            keys.add(f"{section}.{line.split('=')[0].strip()}")
+    return keys
+
+
+def test_example_documents_every_key_and_loads():
+    expected = {f"{name}.{key}" for name, section in Settings.model_fields.items()
+                for key in section.annotation.model_fields}
+    assert _documented_keys() == expected
+    assert load_settings(EXAMPLE) == load_settings(EXAMPLE)
+    assert tomllib.loads(EXAMPLE.read_text())  # valid TOML
+
+
+def test_example_values_are_the_defaults():
+    loaded = load_settings(EXAMPLE)
+    defaults = Settings()
+    assert loaded.model_dump(exclude={"model": {"cache_dir"}}) == defaults.model_dump(exclude={"model": {"cache_dir"}})
+
+
+def test_errors_name_the_file_and_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[search]\ndefault_limit = "many"\n')
+    with pytest.raises(ConfigError, match=r"bad\.toml: search\.default_limit"):
+        load_settings(bad)
+    bad.write_text("[store]\ndatset = 'x'\n")
+    with pytest.raises(ConfigError, match=r"store\.datset"):
+        load_settings(bad)
+    bad.write_text("[store\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "missing.toml")
+
+
+def test_secrets_come_from_env_and_never_show(monkeypatch):
+    monkeypatch.setenv("DISCORD_TOKEN", "sekrit-discord")
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-sekrit")
+    monkeypatch.delenv("SLACK_APP_TOKEN", raising=False)
+    secrets = Secrets.from_env()
+    assert secrets.discord_token == "sekrit-discord"
+    shown = repr(secrets) + str(secrets)
+    assert "sekrit" not in shown and "DISCORD_TOKEN" in shown
+    with pytest.raises(ConfigError, match="SLACK_APP_TOKEN"):
+        secrets.require("slack_app_token")
+
+
+def test_tokens_are_not_accepted_in_the_toml(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[model]\ndiscord_token = "abc"\n')
+    with pytest.raises(ConfigError, match="discord_token"):
+        load_settings(cfg)
