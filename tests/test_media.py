@@ -1,0 +1,325 @@
+"""Decoding untrusted images and audio: formats, modes, limits and bad input."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import core.media.audio as audio_module
+from core.config import MediaLimits
+from core.errors import (
+    BadInputError,
+    MediaTooLargeError,
+    MediaTooShortError,
+    UnsupportedMediaError,
+)
+from core.media.audio import decode_audio
+from core.media.image import decode_image, encode_jpeg, image_size
+from tests import media_factory as mf
+
+LIMITS = MediaLimits()
+RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
+
+
+def assert_user_message(error: BadInputError) -> None:
+    """Short, one line, and says what to do."""
+    message = str(error)
+    assert "\n" not in message and len(message) < 160
+    assert "send" in message
+
+
+def close_to(pixel: tuple[int, ...], expected: tuple[int, ...], tolerance: int = 6) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, expected))
+
+
+# --------------------------------------------------------------------------- images: formats
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        mf.make_png(40, 30, color=RED),
+        mf.make_jpeg(40, 30, color=RED),
+        mf.make_gif(40, 30, color=RED),
+        mf.make_webp(40, 30, color=RED),
+        mf.make_cmyk_jpeg(40, 30),  # pure red ink
+        mf.encode(mf.solid_image(40, 30, RED), "BMP"),
+        mf.encode(mf.solid_image(40, 30, RED), "TIFF", compression="tiff_lzw"),
+    ],
+    ids=["png", "jpeg", "gif", "webp", "cmyk-jpeg", "bmp", "tiff"],
+)
+def test_common_formats_decode_to_rgb(data):
+    image = decode_image(data, LIMITS)
+    assert type(image) is Image.Image  # a plain loaded image, not tied to the input bytes
+    assert image.mode == "RGB" and image.size == (40, 30)
+    assert close_to(image.getpixel((20, 15)), RED)
+
+
+def test_noise_png_is_lossless():
+    image = mf.noise_image(17, 9, seed=5)
+    decoded = decode_image(mf.make_png(17, 9, seed=5), LIMITS)
+    assert np.array_equal(np.asarray(decoded), np.asarray(image))
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_animated_image_gives_its_first_frame(fmt):
+    frames = [mf.solid_image(16, 16, c) for c in (RED, BLUE, WHITE)]
+    params = {"lossless": True} if fmt == "WEBP" else {}
+    data = mf.encode(frames[0], fmt, save_all=True, append_images=frames[1:], **params)
+    image = decode_image(data, LIMITS)
+    assert image.mode == "RGB" and close_to(image.getpixel((8, 8)), RED)
+    assert decode_image(mf.make_animated_gif([BLUE, RED]), LIMITS).getpixel((1, 1)) == BLUE
+
+
+def test_exif_orientation_is_applied():
+    picture = mf.two_tone_image(60, 40, left=RED, right=BLUE)
+    plain = decode_image(mf.encode(picture, "JPEG", quality=95), LIMITS)
+    assert plain.size == (60, 40) and close_to(plain.getpixel((5, 20)), RED, 20)
+    # orientation 6: the camera was turned; display rotated 90 degrees clockwise
+    turned = mf.encode(picture, "JPEG", quality=95, exif=mf.exif_orientation(6))
+    rotated = decode_image(turned, LIMITS)
+    assert rotated.size == (40, 60)
+    assert close_to(rotated.getpixel((20, 5)), RED, 20)  # left half is now on top
+    assert close_to(rotated.getpixel((20, 55)), BLUE, 20)
+
+
+# --------------------------------------------------------------------------- images: modes
+
+
+def test_transparency_is_composited_on_white():
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    rgba.putpixel((0, 0), (255, 0, 0, 255))
+    rgba.putpixel((1, 0), (0, 0, 0, 128))
+    image = decode_image(mf.make_png_with_mode(rgba), LIMITS)
+    assert image.getpixel((0, 0)) == RED
+    assert close_to(image.getpixel((1, 0)), (127, 127, 127), 2)
+    assert image.getpixel((3, 3)) == WHITE
+
+    grey_alpha = decode_image(mf.make_png_with_mode(Image.new("LA", (4, 4), (0, 0))), LIMITS)
+    assert grey_alpha.getpixel((2, 2)) == WHITE
+
+    palette = Image.new("P", (4, 4), 0)
+    palette.putpalette([10, 20, 30] * 256)
+    palette.info["transparency"] = 0
+    assert decode_image(mf.make_png_with_mode(palette), LIMITS).getpixel((2, 2)) == WHITE
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        (Image.new("L", (4, 4), 77), (77, 77, 77)),
+        (Image.new("1", (4, 4), 1), WHITE),
+        (Image.new("P", (4, 4), 1), None),  # palette without transparency: its colour
+        (Image.fromarray(np.full((4, 4), 32896, np.uint16)), (128, 128, 128)),  # I;16
+        (Image.fromarray(np.full((4, 4), 65535, np.uint16)), WHITE),
+    ],
+    ids=["L", "1", "P", "I;16-mid", "I;16-max"],
+)
+def test_other_modes_become_rgb(image, expected):
+    if expected is None:
+        image.putpalette([0, 0, 0, *BLUE] + [0, 0, 0] * 254)
+        expected = BLUE
+    decoded = decode_image(mf.make_png_with_mode(image), LIMITS)
+    assert decoded.mode == "RGB" and decoded.getpixel((1, 1)) == expected
+
+
+# --------------------------------------------------------------------------- images: bad input
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        mf.truncated(mf.make_jpeg(120, 90, seed=1), 0.5),
+        mf.truncated(mf.make_jpeg(120, 90, seed=1), 0.98),
+        mf.truncated(mf.make_png(120, 90, seed=1), 0.5),
+    ],
+    ids=["jpeg-half", "jpeg-almost-whole", "png-half"],
+)
+def test_truncated_images_are_rejected(data):
+    with pytest.raises(UnsupportedMediaError, match="damaged") as caught:
+        decode_image(data, LIMITS)
+    assert_user_message(caught.value)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        mf.random_bytes(),
+        b"just some text, not a picture\n" * 20,
+        b"",
+        mf.make_audio("wav", 0.2),
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n",  # Pillow would run Ghostscript
+    ],
+    ids=["random-bytes", "text", "empty", "wav", "eps"],
+)
+def test_non_images_are_rejected(data):
+    with pytest.raises(UnsupportedMediaError) as caught:
+        decode_image(data, LIMITS)
+    assert_user_message(caught.value)
+
+
+def test_header_claiming_a_huge_picture_is_rejected_before_decoding():
+    bomb = mf.make_png_claiming_size(20_000, 20_000)
+    assert len(bomb) < 100
+    started = time.perf_counter()
+    for limits in (LIMITS, MediaLimits(max_image_pixels=10**10)):  # Pillow's own guard too
+        with pytest.raises(MediaTooLargeError, match="400 MP") as caught:
+            decode_image(bomb, limits)
+        assert_user_message(caught.value)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_pixel_limit_uses_the_header_size():
+    data = mf.make_png(300, 200, color=RED)
+    assert image_size(data) == (300, 200)
+    expected = r"300×200 pixels \(0\.06 MP\); the limit is 0\.05 MP"
+    with pytest.raises(MediaTooLargeError, match=expected):
+        decode_image(data, MediaLimits(max_image_pixels=50_000))
+    assert decode_image(data, MediaLimits(max_image_pixels=60_000)).size == (300, 200)
+
+
+def test_file_size_is_checked_before_anything_else():
+    limits = MediaLimits(max_file_bytes=1_000)
+    with pytest.raises(MediaTooLargeError, match="5 kB; the limit is 1 kB") as caught:
+        decode_image(mf.random_bytes(5_000), limits)  # not even an image: size comes first
+    assert_user_message(caught.value)
+
+
+def test_encode_jpeg_round_trip():
+    rgba = Image.new("RGBA", (30, 20), (0, 0, 255, 255))
+    data = encode_jpeg(rgba, quality=85)
+    assert data[:3] == b"\xff\xd8\xff"
+    image = decode_image(data, LIMITS)
+    assert image.size == (30, 20) and close_to(image.getpixel((10, 10)), BLUE, 10)
+    with pytest.raises(ValueError):
+        encode_jpeg(rgba, quality=0)
+
+
+# --------------------------------------------------------------------------- audio: formats
+
+
+def dominant_frequency(samples: np.ndarray, rate: int = 16_000) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(samples.size)))
+    return float(np.fft.rfftfreq(samples.size, 1 / rate)[spectrum.argmax()])
+
+
+@pytest.mark.parametrize("fmt", sorted(mf.AUDIO_FORMATS))
+def test_audio_formats_decode_to_mono_16k_float(fmt):
+    samples = decode_audio(mf.make_audio(fmt, 1.5, frequency=440.0), LIMITS)
+    assert samples.dtype == np.float32 and samples.ndim == 1
+    assert samples.size / 16_000 == pytest.approx(1.5, abs=0.05)
+    assert dominant_frequency(samples) == pytest.approx(440.0, abs=3.0)
+    rms = float(np.sqrt(np.mean(samples[1000:-1000] ** 2)))
+    assert rms == pytest.approx(0.5 / np.sqrt(2), rel=0.1)
+
+
+@pytest.mark.parametrize("fmt", ["ogg", "m4a"])
+def test_stereo_noise_and_silence(fmt):
+    stereo = decode_audio(mf.make_audio(fmt, 1.0, channels=2), LIMITS)
+    assert stereo.ndim == 1 and dominant_frequency(stereo) == pytest.approx(440.0, abs=3.0)
+    noise = decode_audio(mf.make_audio(fmt, 1.0, kind="noise"), LIMITS)
+    assert noise.std() > 0.05
+    silence = decode_audio(mf.make_audio(fmt, 1.0, kind="silence"), LIMITS)
+    assert np.abs(silence).max() < 1e-3
+
+
+def test_other_sample_rate():
+    samples = decode_audio(mf.make_audio("wav", 1.0), LIMITS, sample_rate=8_000)
+    assert samples.size == 8_000
+    assert dominant_frequency(samples, 8_000) == pytest.approx(440.0, abs=3.0)
+
+
+def test_audio_track_of_a_video_is_used():
+    samples = decode_audio(mf.make_video_with_audio(1.0), LIMITS)
+    assert samples.size / 16_000 == pytest.approx(1.0, abs=0.05)
+
+
+def test_mp3_files_glued_together_decode_in_full():
+    glued = mf.make_audio("mp3", 1.0) + mf.make_audio("mp3", 2.0)
+    assert decode_audio(glued, LIMITS).size / 16_000 == pytest.approx(3.0, abs=0.1)
+
+
+# --------------------------------------------------------------------------- audio: bad input
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"hello, this is a text file and not a voice message\n" * 20,
+        mf.random_bytes(),
+        b"",
+        mf.make_png(32, 32, seed=3),  # FFmpeg could read it as a video: not allowed here
+        mf.make_jpeg(32, 32, seed=3),
+    ],
+    ids=["text", "random-bytes", "empty", "png", "jpeg"],
+)
+def test_non_audio_is_rejected(data):
+    with pytest.raises(UnsupportedMediaError) as caught:
+        decode_audio(data, LIMITS)
+    assert_user_message(caught.value)
+
+
+def test_video_without_sound_is_not_an_audio_file():
+    with pytest.raises(UnsupportedMediaError, match="not an audio file") as caught:
+        decode_audio(mf.make_silent_video(), LIMITS)
+    assert_user_message(caught.value)
+
+
+def test_files_that_point_to_other_files_are_not_followed(tmp_path: Path):
+    target = tmp_path / "secret.wav"
+    target.write_bytes(mf.make_audio("wav", 1.0))
+    playlists = [
+        f"ffconcat version 1.0\nfile '{target}'\n".encode(),
+        b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n"
+        + f"file://{target}\n#EXT-X-ENDLIST\n".encode(),
+    ]
+    for data in playlists:
+        with pytest.raises(UnsupportedMediaError):
+            decode_audio(data, LIMITS)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "ogg"])
+def test_too_short_clip(fmt):
+    with pytest.raises(MediaTooShortError, match=r"0\.3 s long; the minimum is 0\.5 s") as caught:
+        decode_audio(mf.make_audio(fmt, 0.3), MediaLimits(min_audio_seconds=0.5))
+    assert_user_message(caught.value)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "ogg", "m4a"])
+def test_too_long_clip_from_its_declared_duration(fmt):
+    with pytest.raises(MediaTooLargeError, match="12 s long; the limit is 5 s") as caught:
+        decode_audio(mf.make_audio(fmt, 12.0), MediaLimits(max_audio_seconds=5))
+    assert_user_message(caught.value)
+
+
+def test_too_long_clip_without_a_declared_duration_stops_decoding_early(monkeypatch):
+    pulled = []
+    real_chunks = audio_module._resampled_chunks
+
+    def counting_chunks(*args, **kwargs):
+        for chunk in real_chunks(*args, **kwargs):
+            pulled.append(chunk.size)
+            yield chunk
+
+    monkeypatch.setattr(audio_module, "_declared_seconds", lambda container, stream: None)
+    monkeypatch.setattr(audio_module, "_resampled_chunks", counting_chunks)
+    with pytest.raises(MediaTooLargeError, match="longer than 5 s; the limit is 5 s") as caught:
+        decode_audio(mf.make_audio("ogg", 12.0), MediaLimits(max_audio_seconds=5))
+    assert_user_message(caught.value)
+    assert 5 * 16_000 < sum(pulled) < 6 * 16_000  # stopped just past the limit
+
+
+def test_audio_file_over_the_byte_limit():
+    data = mf.make_audio("wav", 1.0)
+    with pytest.raises(MediaTooLargeError, match="32 kB; the limit is 10 kB") as caught:
+        decode_audio(data, MediaLimits(max_file_bytes=10_000))
+    assert_user_message(caught.value)
+
+
+def test_decoded_audio_is_a_fresh_writable_array():
+    samples = decode_audio(mf.make_audio("flac", 1.0), LIMITS)
+    assert samples.flags.writeable and samples.flags.c_contiguous
