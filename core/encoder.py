@@ -1,0 +1,151 @@
+"""The ImageBind encoder: media in, embeddings out (synchronous; see `core.worker` for async).
+
+`Encoder.load(settings)` builds the model, loads its weights (from a local path or the cache,
+downloading them once), and picks device and dtype. `prepare()` decodes and preprocesses one
+input (raising a user-facing error for bad media); `forward()` embeds a batch of prepared inputs
+of one modality. Both are meant to run in the encoder worker's thread, never on an event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core.config import MediaLimits, ModelSettings
+from core.errors import ModelError
+from core.imagebind.checkpoint import CHECKPOINTS, load_into, load_state_dict_file, resolve_checkpoint
+from core.imagebind.configs import MODEL_CONFIGS
+from core.imagebind.model import ImageBind, build_imagebind
+from core.imagebind.tokenizer import ClipTokenizer
+from core.imagebind.transforms import image_to_tensor, waveform_to_clips
+from core.media.audio import decode_audio
+from core.media.image import decode_image
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("text", "image", "audio")
+TOWER_PREFIXES = tuple(
+    f"modality_{part}.{tower}."
+    for part in ("preprocessors", "trunks", "heads", "postprocessors")
+    for tower in ("text", "vision", "audio")
+)
+
+Prepared = str | torch.Tensor
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); else bf16 is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ModelError("[model] device = 'cuda' but no CUDA GPU is available: use 'auto' or 'cpu'")
+    return torch.device(setting)
+
+
+def resolve_dtype(setting: str, device: torch.device, model_name: str) -> torch.dtype:
+    """`auto`: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32; `tiny` stays fp32 on CPU."""
+    if setting != "auto":
+        return getattr(torch, setting)
+    if device.type == "cuda":
+        return torch.float16
+    if model_name != "tiny" and cpu_supports_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_model(settings: ModelSettings, *, progress: bool = True) -> ImageBind:
+    """Build the named model with its weights (see the module docstring)."""
+    if settings.name == "tiny" and settings.checkpoint_path is None:
+        log.warning("model 'tiny': random weights for tests and demos, results mean nothing")
+        return build_imagebind("tiny")
+    spec = CHECKPOINTS.get(settings.name)
+    if spec is None and settings.checkpoint_path is None:
+        raise ModelError(f"no checkpoint is known for model {settings.name!r}: set [model] checkpoint_path")
+    path = (
+        settings.checkpoint_path
+        if spec is None
+        else resolve_checkpoint(
+            spec,
+            cache_dir=settings.cache_dir,
+            local_path=settings.checkpoint_path,
+            url=settings.checkpoint_url,
+            progress=progress,
+        )
+    )
+    state_dict = load_state_dict_file(path, keep_prefixes=TOWER_PREFIXES)
+    return load_into(build_imagebind(settings.name, device="meta"), state_dict)
+
+
+@dataclass
+class Encoder:
+    """A loaded model on its device, with the preprocessing of each modality."""
+
+    model: ImageBind
+    model_name: str
+    device: torch.device
+    dtype: torch.dtype
+    limits: MediaLimits
+
+    def __post_init__(self) -> None:
+        self.model = self.model.to(device=self.device, dtype=self.dtype).eval()
+
+    @classmethod
+    def load(cls, settings: ModelSettings, limits: MediaLimits, *, progress: bool = True) -> Encoder:
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        device = resolve_device(settings.device)
+        dtype = resolve_dtype(settings.dtype, device, settings.name)
+        model = load_model(settings, progress=progress)
+        log.info("model %s on %s as %s", settings.name, device, dtype)
+        return cls(model, settings.name, device, dtype, limits)
+
+    @property
+    def dim(self) -> int:
+        return MODEL_CONFIGS[self.model_name].out_dim
+
+    @cached_property
+    def tokenizer(self) -> ClipTokenizer:
+        return ClipTokenizer()
+
+    def prepare(self, modality: str, payload: str | bytes | Image.Image | np.ndarray) -> Prepared:
+        """Decode and preprocess one input; bad media raises a `BadInputError`."""
+        if modality == "text":
+            if not isinstance(payload, str):
+                raise TypeError("a text term needs a str payload")
+            return payload
+        if modality == "image":
+            image = payload if isinstance(payload, Image.Image) else decode_image(payload, self.limits)
+            return image_to_tensor(image)
+        if modality == "audio":
+            wave = payload if isinstance(payload, np.ndarray) else decode_audio(payload, self.limits)
+            return waveform_to_clips(wave)
+        raise ValueError(f"unknown modality {modality!r}")
+
+    @torch.inference_mode()
+    def forward(self, modality: str, batch: list[Prepared]) -> np.ndarray:
+        """Embed prepared inputs of one modality: a float32 array [len(batch), dim]."""
+        if modality == "text":
+            out = self.model.embed_text(self.tokenizer(batch).to(self.device))
+        else:
+            inputs = torch.stack(batch).to(device=self.device, dtype=self.dtype)
+            embed = self.model.embed_vision if modality == "image" else self.model.embed_audio
+            out = embed(inputs)
+        return out.float().cpu().numpy()
+
+    def embed(self, modality: str, payloads: list) -> np.ndarray:
+        """Prepare and forward in one call (ingest, benchmarks)."""
+        return self.forward(modality, [self.prepare(modality, p) for p in payloads])
