@@ -17,7 +17,7 @@ from typing import Literal
 
 import av
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 Color = tuple[int, int, int]
 AudioKind = Literal["sine", "noise", "silence"]
@@ -266,3 +266,12 @@ def make_silent_video(seconds: float = 1.0) -> bytes:
         for packet in video.encode(None):
             output.mux(packet)
     return buffer.getvalue()
+
+
+def make_picture(seed: int, fmt: str = "JPEG") -> bytes:
+    """A distinct picture for search tests: a disc of one colour on another, sizes varying."""
+    rng = np.random.default_rng(seed)
+    background, disc = (tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(2))
+    image = Image.new("RGB", (80 + 4 * seed, 64), background)
+    ImageDraw.Draw(image).ellipse([10 + seed, 5, 60 + seed, 55], fill=disc)
+    return encode(image, fmt, **({"quality": 90} if fmt == "JPEG" else {}))

@@ -1,0 +1,70 @@
+"""Startup: open the store, load the encoder, start its worker, hand out a SearchService.
+
+Everything is opened here, in one `AsyncExitStack`-shaped context, and closed in reverse order;
+nothing is built at import time. The store opens first so that a wrong dataset path or a model
+mismatch fails before seconds (or a 4.5 GB download) are spent on the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from core.config import Secrets, Settings
+from core.deeplake_store import DeepLakeStore
+from core.encoder import Encoder
+from core.errors import ModelMismatchError
+from core.service import SearchService
+from core.urls import ImageLocator
+from core.worker import EncoderWorker
+
+
+def store_creds(settings: Settings, secrets: Secrets) -> dict[str, str] | None:
+    """DeepLake credentials for an `s3://` dataset: endpoint and region from config, keys from env."""
+    if not settings.store.dataset.startswith("s3://"):
+        return None
+    creds = {
+        "aws_access_key_id": secrets.aws_access_key_id,
+        "aws_secret_access_key": secrets.aws_secret_access_key,
+        "endpoint_url": settings.store.s3_endpoint_url,
+        "aws_region": settings.store.s3_region,
+    }
+    return {k: v for k, v in creds.items() if v}
+
+
+@asynccontextmanager
+async def open_search_service(
+    settings: Settings, *, secrets: Secrets | None = None, progress: bool = True
+) -> AsyncIterator[SearchService]:
+    secrets = secrets or Secrets.from_env()
+    async with AsyncExitStack() as stack:
+        store = await asyncio.to_thread(
+            DeepLakeStore.open,
+            settings.store.dataset,
+            creds=store_creds(settings, secrets),
+            expect_model=settings.model.name,
+            mode=settings.store.search,
+            exact_max_rows=settings.store.exact_max_rows,
+        )
+        stack.callback(store.close)
+        encoder = await asyncio.to_thread(Encoder.load, settings.model, settings.limits, progress=progress)
+        if encoder.dim != store.info.dim:
+            raise ModelMismatchError(
+                f"dataset {settings.store.dataset} holds {store.info.dim}-d vectors but model "
+                f"{settings.model.name!r} makes {encoder.dim}-d ones: rebuild the dataset with this model"
+            )
+        worker = await stack.enter_async_context(
+            EncoderWorker(
+                encoder,
+                batch_window_ms=settings.encoder.batch_window_ms,
+                max_batch_size=settings.encoder.max_batch_size,
+            )
+        )
+        yield SearchService(
+            worker,
+            store,
+            settings.search,
+            locator=ImageLocator(settings.images.public_base_url),
+            text_cache_size=settings.encoder.text_cache_size,
+        )

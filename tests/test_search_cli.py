@@ -1,0 +1,192 @@
+"""End to end through the `search-all` CLI with the tiny model: ingest a folder, search it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bot.cli import main
+from tests.media_factory import make_audio, make_jpeg, make_picture
+
+N_IMAGES = 24
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> tuple[Path, Path]:
+    """A folder of distinct images (some in a subfolder, two PNGs, one broken) and its dataset."""
+    root = tmp_path_factory.mktemp("images")
+    (root / "sub").mkdir()
+    for i in range(N_IMAGES):
+        folder = root / "sub" if i % 3 == 0 else root
+        data = make_picture(i, "PNG" if i in (5, 11) else "JPEG")
+        (folder / f"img{i:02d}.{'png' if i in (5, 11) else 'jpg'}").write_bytes(data)
+    (root / "broken.jpg").write_bytes(make_jpeg(seed=99)[:100])
+    (root / "notes.txt").write_text("not an image")
+    dataset = tmp_path_factory.mktemp("ds") / "collection"
+    assert main(["ingest", f"folder:{root}", "--dataset", str(dataset), "--model", "tiny"]) == 0
+    return root, dataset
+
+
+def search_json(capsys, dataset: Path, *args: str) -> dict:
+    capsys.readouterr()
+    code = main(["search", "--dataset", str(dataset), "--model", "tiny", "--json", *args])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return json.loads(out.out)
+
+
+def image_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("img*"))
+
+
+def test_ingest_reports_and_is_idempotent(collection, capsys):
+    root, dataset = collection
+    capsys.readouterr()
+    assert main(["ingest", f"folder:{root}", "--dataset", str(dataset), "--model", "tiny"]) == 0
+    assert "added 0, skipped 24 already present, failed 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("index", [0, 5, 13, 23])
+def test_an_indexed_image_finds_itself_first(collection, capsys, index):
+    root, dataset = collection
+    path = image_files(root)[index]
+    result = search_json(capsys, dataset, "--image", str(path), "--limit", "3")
+    top = result["hits"][0]
+    assert top["id"] == path.relative_to(root).as_posix()
+    assert top["score"] >= 0.999
+    assert top["url"] == path.resolve().as_uri()
+    assert set(result["timings_ms"]) >= {"encode", "search", "total"}
+    assert len(result["hits"]) == 3
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from core.config import MediaLimits, ModelSettings
+    from core.encoder import Encoder
+
+    return Encoder.load(ModelSettings(name="tiny"), MediaLimits())
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_results_equal_an_exact_numpy_ranking(collection, capsys, encoder):
+    root, dataset = collection
+    files = image_files(root)
+    matrix = unit(encoder.embed("image", [p.read_bytes() for p in files]))
+    query = unit(encoder.embed("text", ["a small house"])[0])
+    expected = np.argsort(-(matrix @ query))[:10]
+    hits = search_json(capsys, dataset, "--text", "a small house", "--limit", "10")["hits"]
+    assert [h["id"] for h in hits] == [files[i].relative_to(root).as_posix() for i in expected]
+    np.testing.assert_allclose([h["score"] for h in hits], (matrix @ query)[expected], atol=1e-5)
+
+
+def test_image_plus_text_still_finds_the_image(collection, capsys, encoder):
+    """Fused per-term normalised, image + text keeps the image first; a raw sum would not.
+
+    The tiny model's random weights map many images close together, so a text term can
+    legitimately pull the fused vector to a neighbour. The check uses the images that, by the
+    geometry of their embeddings, must stay first under correct fusion (their margin to every
+    other image exceeds the text's pull); which ones is computed here, not hard-coded.
+    """
+    root, dataset = collection
+    files = image_files(root)
+    raw_images = encoder.embed("image", [p.read_bytes() for p in files])
+    raw_text = encoder.embed("text", ["a photo of a dog"])[0]
+    images, text = unit(raw_images), unit(raw_text)
+    to_text = images @ text
+    similarity = images @ images.T
+    margins = [
+        min(1 - similarity[q, j] - (to_text[j] - to_text[q]) for j in range(len(files)) if j != q)
+        for q in range(len(files))
+    ]
+    keepers = [q for q, margin in enumerate(margins) if margin > 0.01]
+    assert len(keepers) >= 3
+    raw_sum_first = [int(np.argmax(images @ unit(raw_images[q] + raw_text))) for q in keepers]
+    assert any(first != q for first, q in zip(raw_sum_first, keepers))  # the raw sum loses them
+    for q in keepers:
+        args = ("--image", str(files[q]), "--text", "a photo of a dog", "--limit", "1")
+        assert search_json(capsys, dataset, *args)["hits"][0]["id"] == files[q].relative_to(root).as_posix()
+
+
+def test_paging_continues_where_the_first_page_ended(collection, capsys):
+    _, dataset = collection
+    first = search_json(capsys, dataset, "--text", "castle", "--limit", "4")["hits"]
+    second = search_json(capsys, dataset, "--text", "castle", "--limit", "4", "--offset", "4")["hits"]
+    both = search_json(capsys, dataset, "--text", "castle", "--limit", "8")["hits"]
+    assert [h["id"] for h in first + second] == [h["id"] for h in both]
+
+
+def test_saved_images_are_the_stored_jpegs(collection, capsys, tmp_path):
+    root, dataset = collection
+    path = image_files(root)[1]  # a JPEG small enough to be kept unchanged
+    search_json(capsys, dataset, "--image", str(path), "--limit", "2", "--save", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "01.jpg").read_bytes() == path.read_bytes()
+
+
+def test_audio_query_runs(collection, capsys, tmp_path):
+    _, dataset = collection
+    clip = tmp_path / "engine.ogg"
+    clip.write_bytes(make_audio("ogg", 3.0, kind="noise"))
+    hits = search_json(capsys, dataset, "--audio", str(clip), "--limit", "2")["hits"]
+    assert len(hits) == 2 and -1 <= hits[0]["score"] <= 1
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "flag", "message"),
+    [
+        (lambda d: d.joinpath("bad.jpg").write_bytes(make_jpeg(seed=1)[:200]), "--image", "image"),
+        (lambda d: d.joinpath("notes.ogg").write_text("just some text"), "--audio", "audio"),
+        (lambda d: d.joinpath("short.wav").write_bytes(make_audio("wav", 0.3)), "--audio", "minimum is 0.5 s"),
+    ],
+    ids=["corrupt-image", "text-as-audio", "0.3s-audio"],
+)
+def test_bad_media_gives_a_clear_error(collection, tmp_path, capsys, make, flag, message):
+    _, dataset = collection
+    make(tmp_path)
+    path = next(tmp_path.iterdir())
+    capsys.readouterr()
+    code = main(["search", "--dataset", str(dataset), "--model", "tiny", flag, str(path)])
+    err = capsys.readouterr().err
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last.lower() and "Traceback" not in err
+
+
+def test_over_limit_file_and_empty_query(collection, tmp_path, capsys):
+    _, dataset = collection
+    config = tmp_path / "small.toml"
+    config.write_text("[limits]\nmax_file_bytes = 1000\n")
+    big = tmp_path / "big.jpg"
+    big.write_bytes(make_jpeg(400, 400, seed=7))
+    capsys.readouterr()
+    assert main(["search", "--config", str(config), "--dataset", str(dataset), "--model", "tiny", "--image", str(big)]) == 1
+    assert "limit" in capsys.readouterr().err
+    assert main(["search", "--dataset", str(dataset), "--model", "tiny"]) == 1
+    assert "query is empty" in capsys.readouterr().err
+    assert main(["search", "--dataset", str(dataset), "--model", "tiny", "--text", "+ -"]) == 1
+    assert "no words" in capsys.readouterr().err
+
+
+def test_console_script_errors_without_traceback(tmp_path):
+    result = run_cli("search", "--dataset", str(tmp_path / "missing"), "--model", "tiny", "--text", "cat")
+    assert result.returncode == 1
+    assert "error: no dataset at" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_searching_with_another_model_is_refused(collection, capsys):
+    _, dataset = collection
+    capsys.readouterr()
+    assert main(["search", "--dataset", str(dataset), "--model", "imagebind_huge", "--text", "cat"]) == 1
+    err = capsys.readouterr().err
+    assert "built with model 'tiny'" in err and "imagebind_huge" in err

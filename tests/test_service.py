@@ -1,0 +1,83 @@
+"""SearchService over a real dataset: negative terms, stored-embedding terms, cache, cut-off."""
+
+import numpy as np
+import pytest
+
+from core.app import open_search_service
+from core.config import SearchSettings, Settings
+from core.deeplake_store import DeepLakeStore
+from core.encoder import Encoder
+from core.errors import BadInputError
+from core.query import Query, Term
+from ingest.pipeline import ingest
+from ingest.sources import FolderSource
+from tests.media_factory import make_picture
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("pictures")
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory, root) -> Settings:
+    for i in range(20):
+        (root / f"p{i:02d}.jpg").write_bytes(make_picture(i))
+    dataset = str(tmp_path_factory.mktemp("ds") / "pictures")
+    settings = Settings.model_validate(
+        {"model": {"name": "tiny"}, "store": {"dataset": dataset}, "search": {"max_limit": 20}}
+    )
+    encoder = Encoder.load(settings.model, settings.limits)
+    source = FolderSource(root)
+    store = DeepLakeStore.create(dataset, model_name="tiny", dim=encoder.dim)
+    summary = ingest(source.items(), source_name=source.name, store=store, encoder=encoder, progress=False)
+    store.close()
+    assert summary.added == 20
+    return settings
+
+
+def ranks(result) -> list[str]:
+    return [item.id for item in result.items]
+
+
+async def test_a_negative_term_moves_results_away(settings, root):
+    x, y = (root / "p03.jpg").read_bytes(), (root / "p07.jpg").read_bytes()
+    async with open_search_service(settings, progress=False) as service:
+        plain = await service.search(Query((Term("image", x),), limit=20))
+        away = await service.search(Query((Term("image", x), Term("image", y, -1.0)), limit=20))
+    assert ranks(away).index("p07.jpg") > ranks(plain).index("p07.jpg")
+    score = {item.id: item.score for item in plain.items}
+    assert {item.id: item.score for item in away.items}["p07.jpg"] < score["p07.jpg"]
+
+
+async def test_more_like_this_uses_the_stored_embedding_without_the_encoder(settings):
+    async with open_search_service(settings, progress=False) as service:
+        result = await service.search(Query((Term("item", "p05.jpg"),), limit=3))
+        assert result.items[0].id == "p05.jpg" and result.items[0].score == pytest.approx(1.0, abs=1e-5)
+        assert sum(service.worker.batch_sizes.values()) == 0
+        with pytest.raises(BadInputError, match="no image with id"):
+            await service.search(Query((Term("item", "nope.jpg"),)))
+
+
+async def test_repeated_text_terms_are_served_from_the_cache(settings):
+    async with open_search_service(settings, progress=False) as service:
+        first = await service.search(Query((Term("text", "a red circle"),)))
+        passes = sum(service.worker.batch_sizes.values())
+        second = await service.search(Query((Term("text", "a red circle"),)))
+        assert sum(service.worker.batch_sizes.values()) == passes == 1
+    assert ranks(first) == ranks(second)
+
+
+async def test_score_cut_off_keeps_the_best_score(settings):
+    strict = settings.model_copy(update={"search": SearchSettings(max_limit=20, min_score=0.9999)})
+    async with open_search_service(strict, progress=False) as service:
+        result = await service.search(Query((Term("text", "a dog"),)))
+    assert result.items == [] and result.best_score is not None and result.best_score < 0.9999
+
+
+async def test_image_bytes_come_back_from_the_dataset(settings, root):
+    data = (root / "p02.jpg").read_bytes()
+    async with open_search_service(settings, progress=False) as service:
+        result = await service.search(Query((Term("image", data),), limit=1))
+        assert await service.image_bytes(result.items[0]) == data
+    assert np.isfinite(result.timings_ms["total"])
