@@ -142,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     ingest = commands.add_parser("ingest", help="index images into a DeepLake dataset")
-    ingest.add_argument("source", help="folder:DIR")
+    ingest.add_argument(
+        "source", nargs="?", default="hf:xfh/lexica_6k",
+        help="folder:DIR or hf:NAME[:SPLIT] (default: hf:xfh/lexica_6k, the 6k Lexica images)",
+    )
     ingest.add_argument("--batch-size", type=int, default=16)
     _common(ingest)
     ingest.set_defaults(run=lambda a: _ingest(a))

@@ -1,0 +1,47 @@
+"""Ingest sources: a Hugging Face dataset saved locally (no hub here), and source parsing."""
+
+import datasets
+import pytest
+from PIL import Image
+
+from bot.cli import main
+from core.deeplake_store import DeepLakeStore
+from core.errors import BadInputError
+from ingest.sources import FolderSource, HuggingFaceSource, parse_source
+from tests.media_factory import make_picture
+
+
+def test_parse_source(tmp_path):
+    assert parse_source("hf:xfh/lexica_6k") == HuggingFaceSource("xfh/lexica_6k", "train")
+    assert parse_source("hf:some/set:test") == HuggingFaceSource("some/set", "test")
+    assert parse_source(f"folder:{tmp_path}") == FolderSource(tmp_path)
+    with pytest.raises(BadInputError, match="unknown source"):
+        parse_source("ftp://x")
+    with pytest.raises(BadInputError, match="does not exist"):
+        parse_source(f"folder:{tmp_path / 'nope'}")
+
+
+def test_hf_dataset_is_ingested_with_its_prompts(tmp_path, capsys):
+    import io
+
+    images = [Image.open(io.BytesIO(make_picture(i))) for i in range(6)]
+    prompts = [f"prompt number {i}, watercolor" for i in range(6)]
+    table = datasets.Dataset.from_dict({"image": images, "prompt": prompts})
+    table = table.cast_column("image", datasets.Image())
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"train": table}).save_to_disk(str(saved))
+    dataset = tmp_path / "ds"
+    assert main(["ingest", f"hf:{saved}", "--dataset", str(dataset), "--model", "tiny"]) == 0
+    assert "added 6" in capsys.readouterr().out
+    store = DeepLakeStore.open(str(dataset))
+    hits = store.search(store.embedding("train/4"), 1)
+    assert hits[0].id == "train/4" and hits[0].text == "prompt number 4, watercolor"
+    assert hits[0].source == f"hf:{saved}"
+    store.close()
+
+
+def test_hf_dataset_without_images_is_a_clear_error(tmp_path):
+    saved = tmp_path / "text_only"
+    datasets.Dataset.from_dict({"prompt": ["a"]}).save_to_disk(str(saved))
+    with pytest.raises(BadInputError, match="no image column"):
+        list(HuggingFaceSource(str(saved)).items())
