@@ -12,22 +12,22 @@ A collection is one DeepLake dataset:
 
 Search. DeepLake's TQL scans every row unless its index has been built (28 ms at 6k rows,
 470 ms at 100k), while a matrix product over the normalised embeddings takes 0.4-9 ms. So in
-"exact" mode (the default up to `exact_max_rows`) the store keeps the unit embedding matrix and
-the lowercased texts in memory, answers with `matrix @ q` and `argpartition`, and applies the
-`include` / `exclude` words as a boolean mask first (masks cached per word). In "index" mode
-(or beyond `exact_max_rows`) it asks DeepLake (`ORDER BY COSINE_SIMILARITY ... LIMIT m`, with the
-words as `ILIKE` conditions), over-fetches `index_candidates` rows and re-ranks them exactly.
-The vector is passed as a literal: `prepare_query` deadlocks when used from two threads.
+"exact" mode (the default up to `exact_max_rows`) the store reads the collection into a
+`core.exact_search.Table` and searches that in memory. In "index" mode (or beyond
+`exact_max_rows`) it asks DeepLake (`ORDER BY COSINE_SIMILARITY ... LIMIT m`, with the words as
+`ILIKE` conditions), over-fetches `index_candidates` rows and re-ranks them exactly. The vector
+is passed as a literal: `prepare_query` deadlocks when used from two threads.
 
 Freshness. A handle sees the version it opened; `refresh()` moves it to the latest commit.
 When only rows were appended since (the normal case while an ingest runs), only the new rows
-are read and the matrix grows in place; anything else reloads everything.
+are read and the table grows in place; anything else reloads everything.
 
 Thread safety. `search`, `existing_ids`, `embedding`, `image_bytes` and `info` may be called
 from any number of threads at once, also while another thread appends or refreshes. The
 in-memory data is an immutable snapshot swapped in one assignment (rows only ever get added
-beyond what a snapshot covers), so exact searches take no lock; calls into DeepLake hold the
-read side of a readers-writer lock, and `append` / `refresh` / `build_index` its write side.
+beyond what a snapshot covers, see `core.exact_search`), so exact searches take no lock; calls
+into DeepLake hold the read side of a readers-writer lock, and `append` / `refresh` /
+`build_index` its write side.
 
 Writing. `append` validates, appends in one batch and commits (uncommitted rows die with the
 process). Writable handles switch DeepLake's automatic index building off, because at about
@@ -40,26 +40,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 import deeplake
 import numpy as np
 from deeplake import types
 
 from core.errors import ModelMismatchError, StoreError
+from core.exact_search import Table, extend_table, top_indices, unit_rows
 from core.store import (
     CollectionInfo,
     Hit,
     Record,
-    check_search_args,
-    normalise_words,
+    SearchRequest,
     records_matrix,
+    search_request,
     text_passes,
-    unit_query,
 )
 
 log = logging.getLogger(__name__)
@@ -67,8 +66,17 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 SearchMode = Literal["auto", "exact", "index"]
 _HIT_COLUMNS = ("id", "text", "source", "s3_key", "width", "height")
-_MASK_CACHE_WORDS = 64
 _READ_CHUNK_ROWS = 65_536  # embeddings normalised per read: bounds the extra memory of a load
+
+
+class SearchTuning(TypedDict, total=False):
+    """How a handle searches: keywords of `create`, `open` and `open_or_create`, passed on to
+    the constructor, which documents them and gives their defaults."""
+
+    mode: SearchMode
+    exact_max_rows: int
+    index_candidates: int
+    preload: bool | None
 
 
 def _schema(dim: int) -> dict[str, Any]:
@@ -123,121 +131,6 @@ class _ReadWriteLock:
                 self._cond.notify_all()
 
 
-def unit_rows(matrix: Any) -> np.ndarray:
-    """Rows scaled to unit length as a new float32 array; unusable rows (NaN, zero) become 0."""
-    m = np.array(matrix, dtype=np.float32)
-    bad = ~np.isfinite(m).all(axis=1)
-    if bad.any():
-        log.warning("%d stored embeddings hold NaN or infinity; they will never match", bad.sum())
-        m[bad] = 0.0
-    norms = np.linalg.norm(m, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    m /= norms
-    return m
-
-
-def top_indices(scores: np.ndarray, want: int) -> np.ndarray:
-    """Indices of the `want` highest scores, best first (equal scores: lower index first)."""
-    if want <= 0 or len(scores) == 0:
-        return np.empty(0, dtype=np.int64)
-    if want < len(scores):
-        part = np.argpartition(-scores, want - 1)[:want]
-    else:
-        part = np.arange(len(scores))
-    return part[np.lexsort((part, -scores[part]))]
-
-
-def _grown(buf: np.ndarray, used: int, extra: np.ndarray) -> np.ndarray:
-    """`buf` with `extra` written after its first `used` rows, reallocated (x1.5) when full.
-
-    Rows before `used` are never written: views of them held by readers stay valid.
-    """
-    need = used + len(extra)
-    if need > len(buf):
-        bigger = np.empty((max(need, len(buf) * 3 // 2 + 16), *buf.shape[1:]), dtype=buf.dtype)
-        bigger[:used] = buf[:used]
-        buf = bigger
-    buf[used:need] = extra
-    return buf
-
-
-def _frozen(view: np.ndarray) -> np.ndarray:
-    view = view.view()
-    view.flags.writeable = False
-    return view
-
-
-class _MaskCache:
-    """Per-word boolean masks over a table's lowercased texts, least recently used dropped."""
-
-    def __init__(self, words: OrderedDict[str, np.ndarray] | None = None) -> None:
-        self._lock = threading.Lock()
-        self._masks: OrderedDict[str, np.ndarray] = words or OrderedDict()
-
-    def word(self, word: str, lowered: list[str], n: int) -> np.ndarray:
-        with self._lock:
-            mask = self._masks.get(word)
-            if mask is not None:
-                self._masks.move_to_end(word)
-                return mask
-        mask = np.fromiter((word in lowered[i] for i in range(n)), dtype=bool, count=n)
-        with self._lock:
-            self._masks[word] = mask
-            while len(self._masks) > _MASK_CACHE_WORDS:
-                self._masks.popitem(last=False)
-        return mask
-
-    def extended(self, lowered: list[str], start: int, stop: int) -> _MaskCache:
-        """A cache for rows [0, stop) that keeps this one's words, computed on the new rows."""
-        with self._lock:
-            old = list(self._masks.items())
-        tail = range(start, stop)
-        new = OrderedDict(
-            (w, np.concatenate([m, np.fromiter((w in lowered[i] for i in tail), bool)]))
-            for w, m in old
-        )
-        return _MaskCache(new)
-
-
-@dataclass(frozen=True)
-class _Table:
-    """What exact search reads, rows [0, n). Lists and buffers may grow past n, never change."""
-
-    n: int
-    unit: np.ndarray  # [n, dim] float32 read-only view of `unit_buf`, unit-length rows
-    unit_buf: np.ndarray
-    texts: list[str]
-    lowered: list[str]
-    sources: list[str]
-    s3_keys: list[str]
-    sizes: np.ndarray  # [n, 2] int32 (width, height), read-only view of `sizes_buf`
-    sizes_buf: np.ndarray
-    masks: _MaskCache
-
-    def mask(self, include: tuple[str, ...], exclude: tuple[str, ...]) -> np.ndarray | None:
-        if not include and not exclude:
-            return None
-        mask = np.ones(self.n, dtype=bool)
-        for w in include:
-            mask &= self.masks.word(w, self.lowered, self.n)
-        for w in exclude:
-            mask &= ~self.masks.word(w, self.lowered, self.n)
-        return mask
-
-    def hit(self, row: int, score: float, ids: list[str]) -> Hit:
-        width, height = self.sizes[row]
-        return Hit(
-            id=ids[row],
-            score=score,
-            text=self.texts[row],
-            source=self.sources[row],
-            s3_key=self.s3_keys[row],
-            width=int(width),
-            height=int(height),
-            row=row,
-        )
-
-
 @dataclass(frozen=True)
 class _State:
     """The collection as this handle last saw it. `ids` / `row_of` only grow (first id wins)."""
@@ -246,7 +139,7 @@ class _State:
     rows: int
     ids: list[str]
     row_of: dict[str, int]
-    table: _Table | None  # present in exact mode once loaded
+    table: Table | None  # present in exact mode once loaded
 
 
 def _clean_creds(creds: Mapping[str, str | None] | None) -> dict[str, str] | None:
@@ -289,8 +182,8 @@ class DeepLakeStore:
         index_candidates: int = 400,
         preload: bool | None = None,
     ) -> None:
-        """Wrap an open dataset; use `create`, `open` or `open_or_create`, which take the same
-        keywords:
+        """Wrap an open dataset; use `create`, `open` or `open_or_create`, which pass on the
+        same keywords (`SearchTuning`):
 
         - `mode`: "exact" (in memory), "index" (DeepLake's TQL), "auto" (exact up to
           `exact_max_rows` rows);
@@ -327,12 +220,14 @@ class DeepLakeStore:
         model_name: str,
         dim: int,
         creds: Mapping[str, str | None] | None = None,
-        mode: SearchMode = "auto",
-        exact_max_rows: int = 2_000_000,
-        index_candidates: int = 400,
-        preload: bool | None = None,
+        **tuning: Unpack[SearchTuning],
     ) -> DeepLakeStore:
         """Create an empty collection at `path` (local dir, `mem://name`, `s3://bucket/prefix`)."""
+        unknown = sorted(set(tuning) - SearchTuning.__optional_keys__)
+        if unknown:  # before the dataset is made, not when the constructor refuses the keyword
+            raise TypeError(
+                f"DeepLakeStore.create() got an unexpected keyword argument {unknown[0]!r}"
+            )
         if dim <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
         try:
@@ -349,15 +244,7 @@ class DeepLakeStore:
         ds.metadata["dim"] = dim
         ds.metadata["schema_version"] = SCHEMA_VERSION
         ds.commit(f"Search All: new collection for {model_name} ({dim}-d)")
-        return cls(
-            ds,
-            path=path,
-            read_only=False,
-            mode=mode,
-            exact_max_rows=exact_max_rows,
-            index_candidates=index_candidates,
-            preload=preload,
-        )
+        return cls(ds, path=path, read_only=False, **tuning)
 
     @classmethod
     def open(
@@ -367,10 +254,7 @@ class DeepLakeStore:
         creds: Mapping[str, str | None] | None = None,
         read_only: bool = True,
         expect_model: str | None = None,
-        mode: SearchMode = "auto",
-        exact_max_rows: int = 2_000_000,
-        index_candidates: int = 400,
-        preload: bool | None = None,
+        **tuning: Unpack[SearchTuning],
     ) -> DeepLakeStore:
         """Open an existing collection; with `expect_model`, refuse one built by another model."""
         try:
@@ -385,15 +269,7 @@ class DeepLakeStore:
         except Exception as exc:
             raise StoreError(f"cannot open dataset {path}: {exc}") from exc
         _check_metadata(ds, path, expect_model)
-        return cls(
-            ds,
-            path=path,
-            read_only=read_only,
-            mode=mode,
-            exact_max_rows=exact_max_rows,
-            index_candidates=index_candidates,
-            preload=preload,
-        )
+        return cls(ds, path=path, read_only=read_only, **tuning)
 
     @classmethod
     def open_or_create(
@@ -403,22 +279,13 @@ class DeepLakeStore:
         model_name: str,
         dim: int,
         creds: Mapping[str, str | None] | None = None,
-        mode: SearchMode = "auto",
-        exact_max_rows: int = 2_000_000,
-        index_candidates: int = 400,
-        preload: bool | None = None,
+        **tuning: Unpack[SearchTuning],
     ) -> DeepLakeStore:
         """Open `path` for writing, creating it when absent; refuse another model's dataset."""
         try:
             exists = deeplake.exists(path, creds=_clean_creds(creds))
         except Exception as exc:
             raise StoreError(f"cannot reach dataset {path}: {exc}") from exc
-        tuning: dict[str, Any] = {
-            "mode": mode,
-            "exact_max_rows": exact_max_rows,
-            "index_candidates": index_candidates,
-            "preload": preload,
-        }
         if not exists:
             return cls.create(path, model_name=model_name, dim=dim, creds=creds, **tuning)
         store = cls.open(path, creds=creds, read_only=False, expect_model=model_name, **tuning)
@@ -446,7 +313,7 @@ class DeepLakeStore:
         )
 
     def append(self, records: Sequence[Record]) -> int:
-        """Validate, append in one batch and commit. Ids already present are refused."""
+        """One batch, one commit."""
         if self._read_only:
             raise StoreError(f"dataset {self._path} was opened read-only: open it for writing")
         if not records:
@@ -496,21 +363,18 @@ class DeepLakeStore:
         exclude: Sequence[str] = (),
         offset: int = 0,
     ) -> list[Hit]:
-        check_search_args(k, offset)
-        q = unit_query(vector, self._dim)
-        inc, exc = normalise_words(include), normalise_words(exclude)
+        request = search_request(vector, k, include, exclude, offset, self._dim)
         state = self._current()
         if k == 0 or state.rows == 0:
             return []
         if not self._exact(state.rows):
-            return self._search_tql(q, k, offset, inc, exc)
+            return self._search_tql(request)
         if state.table is None:
             state = self._load_table()
         assert state.table is not None
-        return self._search_exact(state, q, k, offset, inc, exc)
+        return state.table.search(request, state.ids)
 
     def embedding(self, id: str) -> np.ndarray:
-        """The stored embedding of `id`; `KeyError` when no row has that id."""
         row = self._current().row_of.get(id)
         if row is None:
             raise KeyError(id)
@@ -527,7 +391,6 @@ class DeepLakeStore:
         return bytes(data) or None
 
     def refresh(self) -> bool:
-        """Move to the latest commit; True when rows or version changed."""
         with self._lock.write():
             state = self._current()
             try:
@@ -635,7 +498,7 @@ class DeepLakeStore:
         later = history[seen.index(version) + 1 :]
         return all(op.startswith("Appended ") for v in later for op in v.operations)
 
-    def _read_table(self, base: _Table | None, rows: int) -> _Table:
+    def _read_table(self, base: Table | None, rows: int) -> Table:
         ds = self._open_ds()
         start = base.n if base is not None else 0
         unit = np.empty((rows - start, self._dim), dtype=np.float32)
@@ -650,73 +513,11 @@ class DeepLakeStore:
         if rows > start:
             sizes[:, 0] = ds["width"][start:rows]
             sizes[:, 1] = ds["height"][start:rows]
-        lowered = [t.lower() for t in texts]
-        if base is None:
-            return _Table(
-                n=rows,
-                unit=_frozen(unit),
-                unit_buf=unit,
-                texts=texts,
-                lowered=lowered,
-                sources=sources,
-                s3_keys=s3_keys,
-                sizes=_frozen(sizes),
-                sizes_buf=sizes,
-                masks=_MaskCache(),
-            )
-        unit_buf = _grown(base.unit_buf, start, unit)
-        sizes_buf = _grown(base.sizes_buf, start, sizes)
-        lists = (base.texts, base.lowered, base.sources, base.s3_keys)
-        for lst, new in zip(lists, (texts, lowered, sources, s3_keys), strict=True):
-            del lst[start:]
-            lst.extend(new)
-        return _Table(
-            n=rows,
-            unit=_frozen(unit_buf[:rows]),
-            unit_buf=unit_buf,
-            texts=base.texts,
-            lowered=base.lowered,
-            sources=base.sources,
-            s3_keys=base.s3_keys,
-            sizes=_frozen(sizes_buf[:rows]),
-            sizes_buf=sizes_buf,
-            masks=base.masks.extended(base.lowered, start, rows),
-        )
+        return extend_table(base, unit, texts, sources, s3_keys, sizes)
 
-    def _search_exact(
-        self,
-        state: _State,
-        q: np.ndarray,
-        k: int,
-        offset: int,
-        include: tuple[str, ...],
-        exclude: tuple[str, ...],
-    ) -> list[Hit]:
-        table = state.table
-        assert table is not None
-        mask = table.mask(include, exclude)
-        if mask is None:
-            rows = None
-            scores = table.unit @ q
-        else:
-            rows = np.flatnonzero(mask)
-            # Gathering rows costs about as much as multiplying them: gather only when few pass.
-            scores = table.unit[rows] @ q if len(rows) * 2 < table.n else (table.unit @ q)[rows]
-        top = top_indices(scores, offset + k)[offset:]
-        picked = top if rows is None else rows[top]
-        return [
-            table.hit(int(row), float(scores[i]), state.ids)
-            for row, i in zip(picked, top, strict=True)
-        ]
-
-    def _search_tql(
-        self,
-        q: np.ndarray,
-        k: int,
-        offset: int,
-        include: tuple[str, ...],
-        exclude: tuple[str, ...],
-    ) -> list[Hit]:
+    def _search_tql(self, request: SearchRequest) -> list[Hit]:
+        q, k, offset = request.q, request.k, request.offset
+        include, exclude = request.include, request.exclude
         conditions = []
         for word in include:
             pattern, _ = _ilike_pattern(word)

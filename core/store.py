@@ -87,7 +87,10 @@ class VectorStore(Protocol):
     def info(self) -> CollectionInfo: ...
 
     def append(self, records: Sequence[Record]) -> int:
-        """Validate and write `records` durably (committed when this returns); their count."""
+        """Validate and write `records` durably (committed when this returns); their count.
+
+        Ids already in the collection are refused (`StoreError`): skip them (`existing_ids`).
+        """
         ...
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
@@ -115,7 +118,7 @@ class VectorStore(Protocol):
         ...
 
     def refresh(self) -> bool:
-        """See commits made since opening (by any process); whether anything changed."""
+        """See commits made since opening (by any process); whether rows or version changed."""
         ...
 
     def close(self) -> None: ...
@@ -153,6 +156,33 @@ def unit_query(vector: np.ndarray, dim: int) -> np.ndarray:
     if norm == 0.0 or not math.isfinite(norm):
         raise StoreError("the query vector is all zeros: nothing to compare with")
     return q / np.float32(norm)
+
+
+@dataclass(frozen=True, eq=False)
+class SearchRequest:
+    """One `VectorStore.search` call as a backend runs it: checked and normalised by
+    `search_request`. `eq=False`: `q` is a numpy array."""
+
+    q: np.ndarray  # the query vector, unit length, float32 [dim]
+    k: int
+    offset: int
+    include: tuple[str, ...]  # normalised words (`normalise_words`)
+    exclude: tuple[str, ...]
+
+
+def search_request(
+    vector: np.ndarray,
+    k: int,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    offset: int,
+    dim: int,
+) -> SearchRequest:
+    """The arguments of `VectorStore.search` checked (`check_search_args`, `unit_query`) and
+    normalised (`normalise_words`) for a collection of `dim`-d embeddings."""
+    check_search_args(k, offset)
+    q = unit_query(vector, dim)
+    return SearchRequest(q, k, offset, normalise_words(include), normalise_words(exclude))
 
 
 def records_matrix(records: Sequence[Record], dim: int) -> np.ndarray:

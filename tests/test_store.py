@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.deeplake_store import DeepLakeStore, top_indices
+from core.deeplake_store import DeepLakeStore
 from core.errors import ModelMismatchError, StoreError
+from core.exact_search import top_indices
 from core.store import Hit, Record, VectorStore
 
 DIM = 16
