@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from core.config import MediaLimits, Settings, load_settings
-from core.errors import BadInputError, MediaTooLargeError, SearchAllError
+from core.errors import BadInputError, SearchAllError
+from core.media.sizes import check_file_size
 from core.query import Query, Term, parse_text_terms
 
 log = logging.getLogger("search_all")
@@ -38,10 +39,7 @@ def read_media_file(path: Path, limits: MediaLimits) -> bytes:
         size = path.stat().st_size
     except FileNotFoundError:
         raise BadInputError(f"file {path} not found") from None
-    if size > limits.max_file_bytes:
-        raise MediaTooLargeError(
-            f"{path.name} is {size / 2**20:.1f} MiB; the limit is {limits.max_file_bytes / 2**20:.0f} MiB"
-        )
+    check_file_size(size, limits, what=path.name)
     return path.read_bytes()
 
 

@@ -7,7 +7,6 @@ logged and counted as failed; it never stops the run.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Iterable, Iterator

@@ -20,6 +20,7 @@ import numpy as np
 
 from core.config import MediaLimits
 from core.errors import MediaTooLargeError, MediaTooShortError, UnsupportedMediaError
+from core.media.sizes import check_file_size
 
 DEFAULT_SAMPLE_RATE = 16_000
 # FFmpeg demuxer names (each may match any name of a demuxer, e.g. "mov" for mp4/m4a/3gp).
@@ -29,14 +30,6 @@ _NOT_AUDIO = (
     "the file is not an audio clip I can read — send a voice message or an "
     "OGG, M4A, MP3, WAV, FLAC or WebM file"
 )
-
-
-def _human_bytes(size: int) -> str:
-    if size >= 1_000_000:
-        return f"{size / 1_000_000:.1f} MB"
-    if size >= 1_000:
-        return f"{size / 1_000:.0f} kB"
-    return f"{size} bytes"
 
 
 def _seconds(value: float) -> str:
@@ -99,11 +92,7 @@ def decode_audio(
     `MediaTooShortError` (under `min_audio_seconds`) or `UnsupportedMediaError` (not audio,
     damaged, no audio stream).
     """
-    if len(data) > limits.max_file_bytes:
-        raise MediaTooLargeError(
-            f"audio file is {_human_bytes(len(data))}; the limit is "
-            f"{_human_bytes(limits.max_file_bytes)} — send a shorter clip"
-        )
+    check_file_size(len(data), limits, what="audio file", advice="send a shorter clip")
     if not data:
         raise UnsupportedMediaError("the audio file is empty — send the clip again")
     max_samples = int(limits.max_audio_seconds * sample_rate)

@@ -23,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.config import MediaLimits
 from core.errors import MediaTooLargeError, UnsupportedMediaError
+from core.media.sizes import check_file_size as check_size
 
 _NOT_AN_IMAGE = "the file is not an image I can read — send a PNG, JPEG, GIF or WebP image"
 _DAMAGED = "the image file is damaged or incomplete — send it again, or export it anew"
@@ -34,14 +35,6 @@ _WANTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "HEIF")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
 
 
-def _human_bytes(size: int) -> str:
-    if size >= 1_000_000:
-        return f"{size / 1_000_000:.1f} MB"
-    if size >= 1_000:
-        return f"{size / 1_000:.0f} kB"
-    return f"{size} bytes"
-
-
 def _megapixels(pixels: int) -> str:
     megapixels = pixels / 1_000_000
     return f"{megapixels:,.0f} MP" if megapixels >= 100 else f"{megapixels:.3g} MP"
@@ -49,11 +42,7 @@ def _megapixels(pixels: int) -> str:
 
 def check_file_size(data: bytes, limits: MediaLimits) -> None:
     """Raise `MediaTooLargeError` when `data` is over `limits.max_file_bytes`."""
-    if len(data) > limits.max_file_bytes:
-        raise MediaTooLargeError(
-            f"image file is {_human_bytes(len(data))}; the limit is "
-            f"{_human_bytes(limits.max_file_bytes)} — send a smaller file"
-        )
+    check_size(len(data), limits, what="image file")
 
 
 def _too_many_pixels(found: str, limit: int) -> MediaTooLargeError:
