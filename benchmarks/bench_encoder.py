@@ -48,15 +48,20 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtypes", help="e.g. float32,bfloat16 (default: float32 plus the fast "
+                        "low precision of the device: fp16 on CUDA, bf16 on CPUs with native bf16)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     device = torch.device(args.device)
     dtypes = [torch.float32]
-    if device.type == "cuda":
+    if args.dtypes:
+        dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
+    elif device.type == "cuda":
         dtypes.append(torch.float16)
     elif cpu_supports_bf16():
         dtypes.append(torch.bfloat16)
+    print(f"native bf16 on this CPU: {cpu_supports_bf16()}")
 
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"device {device}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
