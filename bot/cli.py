@@ -102,19 +102,20 @@ def _ingest(args: argparse.Namespace) -> int:
     from core.config import Secrets
     from core.deeplake_store import DeepLakeStore
     from core.encoder import Encoder
+    from core.imagebind.configs import get_config
     from ingest.pipeline import ingest
     from ingest.sources import parse_source
 
     settings = _settings(args)
     source = parse_source(args.source)
-    encoder = Encoder.load(settings.model, settings.limits)
     store = DeepLakeStore.open_or_create(
         settings.store.dataset,
         model_name=settings.model.name,
-        dim=encoder.dim,
+        dim=get_config(settings.model.name).out_dim,
         creds=store_creds(settings, Secrets.from_env()),
     )
     try:
+        encoder = Encoder.load(settings.model, settings.limits)
         summary = ingest(
             source.items(),
             source_name=source.name,

@@ -2,7 +2,7 @@
 
 Everything is opened here, in one `AsyncExitStack`-shaped context, and closed in reverse order;
 nothing is built at import time. The store opens first so that a wrong dataset path or a model
-mismatch fails before seconds (or a 4.5 GB download) are spent on the model.
+mismatch fails before seconds (or a 4.8 GB download) are spent on the model.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from core.config import Secrets, Settings
 from core.deeplake_store import DeepLakeStore
 from core.encoder import Encoder
 from core.errors import ModelMismatchError
+from core.imagebind.configs import get_config
 from core.service import SearchService
 from core.urls import ImageLocator
 from core.worker import EncoderWorker
@@ -48,12 +49,13 @@ async def open_search_service(
             exact_max_rows=settings.store.exact_max_rows,
         )
         stack.callback(store.close)
-        encoder = await asyncio.to_thread(Encoder.load, settings.model, settings.limits, progress=progress)
-        if encoder.dim != store.info.dim:
+        model_dim = get_config(settings.model.name).out_dim
+        if model_dim != store.info.dim:
             raise ModelMismatchError(
                 f"dataset {settings.store.dataset} holds {store.info.dim}-d vectors but model "
-                f"{settings.model.name!r} makes {encoder.dim}-d ones: rebuild the dataset with this model"
+                f"{settings.model.name!r} makes {model_dim}-d ones: rebuild the dataset with this model"
             )
+        encoder = await asyncio.to_thread(Encoder.load, settings.model, settings.limits, progress=progress)
         worker = await stack.enter_async_context(
             EncoderWorker(
                 encoder,

@@ -20,7 +20,7 @@ from PIL import Image
 from core.config import MediaLimits, ModelSettings
 from core.errors import ModelError
 from core.imagebind.checkpoint import CHECKPOINTS, load_into, load_state_dict_file, resolve_checkpoint
-from core.imagebind.configs import MODEL_CONFIGS
+from core.imagebind.configs import get_config
 from core.imagebind.model import ImageBind, build_imagebind
 from core.imagebind.tokenizer import ClipTokenizer
 from core.imagebind.transforms import image_to_tensor, waveform_to_clips
@@ -115,7 +115,7 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        return MODEL_CONFIGS[self.model_name].out_dim
+        return get_config(self.model_name).out_dim
 
     @cached_property
     def tokenizer(self) -> ClipTokenizer:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import BadInputError
+from core.urls import FOLDER_SOURCE_PREFIX
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
@@ -31,7 +32,7 @@ class FolderSource:
 
     @property
     def name(self) -> str:
-        return f"folder:{self.root.resolve()}"
+        return f"{FOLDER_SOURCE_PREFIX}{self.root.resolve()}"
 
     def items(self) -> Iterator[SourceItem]:
         paths = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
