@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -163,14 +162,14 @@ def test_non_images_are_rejected(data):
 
 
 def test_header_claiming_a_huge_picture_is_rejected_before_decoding():
+    # The file holds one pixel: had it been decoded, it would fail as damaged. "400 MP" can only
+    # come from the header, read before any pixel is.
     bomb = mf.make_png_claiming_size(20_000, 20_000)
     assert len(bomb) < 100
-    started = time.perf_counter()
     for limits in (LIMITS, MediaLimits(max_image_pixels=10**10)):  # Pillow's own guard too
         with pytest.raises(MediaTooLargeError, match="400 MP") as caught:
             decode_image(bomb, limits)
         assert_user_message(caught.value)
-    assert time.perf_counter() - started < 1.0
 
 
 def test_pixel_limit_uses_the_header_size():
