@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import ConfigError
 
@@ -72,12 +72,136 @@ class ImageSettings(_Section):
     public_base_url: str | None = None
 
 
+class IngestSettings(_Section):
+    """How `search-all ingest` reads and writes: batches, and the processes that decode."""
+
+    batch_size: int = Field(default=16, ge=1, le=1024)
+    workers: int = Field(default=2, ge=0, le=64)
+
+
+class S3Settings(_Section):
+    """Images on S3: uploaded by the ingest, linked (public or presigned URLs) in replies.
+
+    Endpoint and region are `[store] s3_endpoint_url` / `s3_region`; keys come from the
+    environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).
+    """
+
+    bucket: str | None = None
+    prefix: str = "images"
+    upload_images: bool = False
+    upload_threads: int = Field(default=8, ge=1, le=64)
+    url_mode: Literal["public", "presigned"] = "public"
+    presign_seconds: int = Field(default=3600, ge=1, le=604_800)
+
+    @field_validator("prefix")
+    @classmethod
+    def _strip_slashes(cls, value: str) -> str:
+        return value.strip("/")
+
+    @model_validator(mode="after")
+    def _bucket_when_used(self) -> S3Settings:
+        if (self.upload_images or self.url_mode == "presigned") and not self.bucket:
+            raise ValueError("upload_images = true and url_mode = 'presigned' need a bucket: set [s3] bucket")
+        return self
+
+
+class ScoreCutoffs(_Section):
+    """Lowest cosine score shown, by the modality of the query (see docs/scores.md).
+
+    A query that mixes modalities uses the average of its positive terms' cut-offs, weighted by
+    their weights. "item" is "more like this" (a stored image embedding). -1 shows everything.
+    """
+
+    text: float = Field(default=0.15, ge=-1.0, le=1.0)
+    image: float = Field(default=0.45, ge=-1.0, le=1.0)
+    audio: float = Field(default=0.05, ge=-1.0, le=1.0)
+    item: float = Field(default=0.45, ge=-1.0, le=1.0)
+
+
 class SearchSettings(_Section):
     """What a search returns by default."""
 
     default_limit: int = Field(default=5, ge=1, le=50)
     max_limit: int = Field(default=10, ge=1, le=100)
     min_score: float = Field(default=-1.0, ge=-1.0, le=1.0)
+    # Results within this cosine of a better result are folded into it ("+N similar"); 1 = off.
+    collapse_cosine: float = Field(default=0.95, ge=0.0, le=1.0)
+    # Candidates read per shown result, to fill a page after folding (grown when needed).
+    candidate_factor: int = Field(default=4, ge=1, le=100)
+    # Where "Next page" buttons remember their query (a SQLite file); default: in cache_dir.
+    page_memory_path: Path | None = None
+    page_memory_days: float = Field(default=7.0, gt=0)
+    cutoffs: ScoreCutoffs = ScoreCutoffs()
+
+
+class SpeechSettings(_Section):
+    """How voice notes are understood (speech-to-text) before they are searched."""
+
+    # "pocketsphinx" (offline, English, the embedded default), "whisper" (faster-whisper:
+    # better, downloads a model on first use), or "none" (audio is always a sound).
+    engine: Literal["pocketsphinx", "whisper", "none"] = "pocketsphinx"
+    # Weight of the sound itself next to the words when speech is found (0 = words only).
+    sound_weight: float = Field(default=0.0, ge=0.0, le=1.0)
+    whisper_model: str = "small"
+    whisper_device: Literal["auto", "cpu", "cuda"] = "auto"
+    whisper_compute_type: str = "default"
+    language: str = "en"
+
+
+class BotSettings(_Section):
+    """What both chat bots share."""
+
+    # Searches per user: `rate_limit_burst` at once, refilled at `rate_limit_per_minute`.
+    rate_limit_per_minute: float = Field(default=10.0, gt=0)
+    rate_limit_burst: int = Field(default=5, ge=1)
+    max_attachments: int = Field(default=4, ge=1, le=10)
+    # Longest prompt text shown under a result.
+    caption_chars: int = Field(default=200, ge=20, le=1000)
+
+
+class DiscordSettings(_Section):
+    """The Discord bot (token from DISCORD_TOKEN)."""
+
+    api_base_url: str = "https://discord.com/api/v10"
+    # Empty: ask Discord. Set for Discord-compatible servers (Spacebar) and tests.
+    gateway_url: str = ""
+    # Attachments are only downloaded from these hosts.
+    attachment_hosts: list[str] = ["cdn.discordapp.com", "media.discordapp.net"]
+    # Empty lists allow every guild / channel.
+    allowed_guilds: list[int] = []
+    allowed_channels: list[int] = []
+    # Whether the Message Content privileged intent is enabled for the app (see README).
+    message_content_intent: bool = True
+
+
+class SlackSettings(_Section):
+    """The Slack bot (SLACK_BOT_TOKEN, SLACK_SIGNING_SECRET; SLACK_APP_TOKEN for Socket Mode)."""
+
+    api_base_url: str = "https://slack.com/api/"
+    mode: Literal["http", "socket"] = "http"
+    host: str = "0.0.0.0"
+    port: int = Field(default=3000, ge=0, le=65535)
+    # Files are only downloaded (with the bot token) from these hosts.
+    file_hosts: list[str] = ["files.slack.com"]
+    allowed_channels: list[str] = []
+
+
+class OpsSettings(_Section):
+    """Running in production: logs, the health and metrics endpoint, dataset refreshes."""
+
+    log_format: Literal["text", "json"] = "text"
+    # The bots serve GET /healthz and GET /metrics (Prometheus) here; port 0 turns it off.
+    health_host: str = "0.0.0.0"
+    health_port: int = Field(default=9090, ge=0, le=65535)
+    # How often a running bot looks for rows added to the dataset (by an ingest); 0 = never.
+    refresh_seconds: float = Field(default=60.0, ge=0)
+
+
+class WebSettings(_Section):
+    """The local web page (`search-all web`)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=7860, ge=0, le=65535)
 
 
 class Settings(_Section):
@@ -86,7 +210,15 @@ class Settings(_Section):
     limits: MediaLimits = MediaLimits()
     store: StoreSettings = StoreSettings()
     images: ImageSettings = ImageSettings()
+    ingest: IngestSettings = IngestSettings()
+    s3: S3Settings = S3Settings()
     search: SearchSettings = SearchSettings()
+    speech: SpeechSettings = SpeechSettings()
+    bot: BotSettings = BotSettings()
+    discord: DiscordSettings = DiscordSettings()
+    slack: SlackSettings = SlackSettings()
+    web: WebSettings = WebSettings()
+    ops: OpsSettings = OpsSettings()
 
 
 def load_settings(path: Path | str | None = None) -> Settings:
@@ -141,6 +273,10 @@ class Secrets:
     def __repr__(self) -> str:
         present = [env for attr, env in self.ENV_NAMES.items() if getattr(self, attr)]
         return f"Secrets(set={present})"
+
+    def values(self) -> list[str]:
+        """Every secret that is set (for log redaction)."""
+        return [v for attr in self.ENV_NAMES if (v := getattr(self, attr))]
 
     def require(self, attr: str) -> str:
         value = getattr(self, attr)
