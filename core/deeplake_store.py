@@ -381,6 +381,20 @@ class DeepLakeStore:
         with self._lock.read():
             return np.array(self._open_ds()["embedding"][row], dtype=np.float32)
 
+    def embeddings_at(self, rows: Sequence[int]) -> np.ndarray:
+        state = self._current()
+        wanted = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if wanted.size and (wanted.min() < 0 or wanted.max() >= state.rows):
+            raise StoreError(f"row {int(wanted.max())} is not in dataset {self._path} ({state.rows} rows)")
+        if state.table is not None:  # exact mode: rows of the in-memory matrix (unit length)
+            return np.array(state.table.unit[wanted], dtype=np.float32)
+        out = np.empty((len(wanted), self.info.dim), dtype=np.float32)
+        with self._lock.read():
+            column = self._open_ds()["embedding"]
+            for i, row in enumerate(wanted):
+                out[i] = column[int(row)]
+        return out
+
     def image_bytes(self, row_or_hit: int | Hit) -> bytes | None:
         row = row_or_hit.row if isinstance(row_or_hit, Hit) else int(row_or_hit)
         rows = self._current().rows

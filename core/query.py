@@ -7,6 +7,8 @@ Syntax of the text form (terminal, Discord, Slack):
     sunset -2*people               weight -2 on "people"
     "rock - paper" + scissors      quotes keep an operator inside a phrase
     sci-fi city                    a hyphen inside a word is not an operator
+    castle filter:watercolor       only images whose prompt contains "watercolor"
+    castle -filter:"low quality"   only images whose prompt does not contain "low quality"
 
 A `+` or `-` is an operator only at the start or after whitespace. Weights are numbers from
 -10 to 10 written as `N*term`. A query needs at least one term with a positive weight.
@@ -23,6 +25,7 @@ import numpy as np
 from core.errors import EmptyQueryError, QuerySyntaxError
 
 Modality = Literal["text", "image", "audio", "item"]
+AudioAs = Literal["auto", "sound", "speech"]
 MAX_ABS_WEIGHT = 10.0
 
 _OPERATOR_CHARS = str.maketrans("", "", '+-*"')
@@ -36,12 +39,15 @@ class Term:
     payload: text for "text"; encoded file bytes for "image" and "audio"; a collection item id
     for "item" ("more like this": its stored embedding is used, nothing is re-encoded).
     label: what to show the user for this term (the text, a file name, "heard: ...").
+    transcript: for "audio", what the platform already heard in it (Slack's
+    `transcription.preview`); used instead of running our own speech recogniser.
     """
 
     modality: Modality
     payload: str | bytes
     weight: float = 1.0
     label: str = ""
+    transcript: str | None = None
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.weight) or abs(self.weight) > MAX_ABS_WEIGHT:
@@ -60,13 +66,19 @@ class Term:
 
 @dataclass(frozen=True)
 class Query:
-    """Terms to fuse, and which page of results to return."""
+    """Terms to fuse, and which page of results to return.
+
+    include / exclude: words a result's prompt must (not) contain (see `core.store`).
+    audio_as: how audio terms are read: "sound" (ImageBind's audio tower), "speech" (the words
+    recognised in it, as text), or "auto" (speech when speech is found, else sound).
+    """
 
     terms: tuple[Term, ...]
     limit: int = 5
     offset: int = 0
     include: tuple[str, ...] = field(default=())
     exclude: tuple[str, ...] = field(default=())
+    audio_as: AudioAs = "auto"
 
     def __post_init__(self) -> None:
         if not self.terms:
@@ -83,7 +95,9 @@ class Query:
 
     def describe(self) -> str:
         text = " ".join(t.describe() for t in self.terms)
-        return text[2:] if text.startswith("+ ") else text
+        text = text[2:] if text.startswith("+ ") else text
+        filters = [f'filter:"{w}"' for w in self.include] + [f'-filter:"{w}"' for w in self.exclude]
+        return " ".join([text, *filters])
 
 
 def _split_terms(text: str) -> list[tuple[int, str]]:
@@ -134,3 +148,35 @@ def parse_text_terms(text: str, *, max_chars: int = 1000, max_terms: int = 16) -
     if len(terms) > max_terms:
         raise QuerySyntaxError(f"the query has {len(terms)} terms; the limit is {max_terms}")
     return terms
+
+
+# `filter:word`, `filter:"two words"`, `-filter:word`, at the start or after whitespace.
+_FILTER = re.compile(r'(?:(?<=\s)|^)(-?)filter:(?:"([^"]*)"|(\S+))', re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ParsedText:
+    """What a typed query says: text terms, and prompt words to require or exclude."""
+
+    terms: tuple[Term, ...]
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+
+
+def parse_query_text(text: str, *, max_chars: int = 1000, max_terms: int = 16) -> ParsedText:
+    """The text syntax of the module docstring, `filter:` words included."""
+    if len(text) > max_chars:
+        raise QuerySyntaxError(f"the query is {len(text)} characters long; the limit is {max_chars}")
+    include: list[str] = []
+    exclude: list[str] = []
+
+    def take(match: re.Match[str]) -> str:
+        word = (match.group(2) if match.group(2) is not None else match.group(3)).strip()
+        if not word:
+            raise QuerySyntaxError("a filter: needs a word after it, like filter:watercolor")
+        (exclude if match.group(1) else include).append(word)
+        return " "
+
+    rest = _FILTER.sub(take, text)
+    terms = parse_text_terms(rest, max_chars=max_chars, max_terms=max_terms) if rest.strip() else []
+    return ParsedText(tuple(terms), tuple(include), tuple(exclude))

@@ -1,7 +1,9 @@
-"""SearchService: the async API that the CLI and the chat adapters call.
+"""SearchService: the async API that the CLI, the web page and the chat adapters call.
 
-query -> each term embedded (the worker batches them; text terms are cached) -> fused vector ->
-store search (in a thread) -> hits with scores, URLs and timings.
+query -> audio read as speech or sound (`AudioReader`) -> each term embedded (the worker batches
+them; text terms are cached) -> fused vector -> remembered under a page key (for "Next page"
+buttons) -> store search over more candidates than the page (in a thread) -> near-duplicates
+folded -> score cut-off -> result items with scores, URLs and timings.
 """
 
 from __future__ import annotations
@@ -9,22 +11,32 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from core.config import SearchSettings
+from core.collapse import Group, fold_near_duplicates
+from core.config import ScoreCutoffs, SearchSettings
+from core.cutoffs import query_cutoff
 from core.errors import BadInputError
 from core.fusion import fuse
-from core.query import Query, Term
-from core.store import Hit, VectorStore
+from core.metrics import Metrics, modality_mix
+from core.page_memory import PageMemory, SavedQuery
+from core.query import AudioAs, Query, Term
+from core.store import VectorStore
 from core.urls import ImageLocator
 from core.worker import EncoderWorker
+
+# Candidates read at most to fill one page after folding near-duplicates.
+MAX_CANDIDATES = 4096
 
 
 @dataclass(frozen=True)
 class ResultItem:
-    """One image of a reply."""
+    """One image of a reply; `similar` near-duplicates were folded into it."""
 
     id: str
     score: float
@@ -33,14 +45,45 @@ class ResultItem:
     row: int
     width: int
     height: int
+    similar: int = 0
 
 
 @dataclass(frozen=True)
 class SearchResult:
-    query: Query
+    """One page of results.
+
+    best_score: the best score on this page before the cut-off, to tell "no good match" (rows
+    exist but none pass `cutoff`) from an empty collection or filter (None).
+    page_key: pass it with another offset to `SearchService.page` ("Next page").
+    heard: the words recognised in voice input and searched as text ("" when none).
+    """
+
+    description: str
     items: list[ResultItem]
-    best_score: float | None  # before the score cut-off, to tell "no good match" from "no rows"
+    best_score: float | None
+    cutoff: float
+    offset: int
+    limit: int
+    has_more: bool
+    page_key: str
+    heard: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def no_good_match(self) -> bool:
+        return not self.items and self.best_score is not None
+
+    @property
+    def next_offset(self) -> int | None:
+        return self.offset + self.limit if self.has_more else None
+
+
+class AudioReader(Protocol):
+    """Turns an audio term into the terms to search (speech as text, or the sound itself)."""
+
+    async def expand(self, term: Term, audio_as: AudioAs) -> tuple[list[Term], str]:
+        """The terms to search for `term`, and the transcript used ("" when none)."""
+        ...
 
 
 class _LRU:
@@ -74,11 +117,22 @@ class SearchService:
         *,
         locator: ImageLocator | None = None,
         text_cache_size: int = 1024,
+        cutoffs: ScoreCutoffs | None = None,
+        pages: PageMemory | None = None,
+        audio: AudioReader | None = None,
+        metrics: Metrics | None = None,
     ):
+        """`cutoffs=None` applies only `settings.min_score` (for models whose scores mean
+        nothing, like `tiny`); `pages=None` remembers pages in memory; `audio=None` searches
+        audio as sound only."""
         self.worker = worker
         self.store = store
         self.settings = settings
         self.locator = locator or ImageLocator()
+        self.cutoffs = cutoffs
+        self.pages = pages or PageMemory(None)
+        self.audio = audio
+        self.metrics = metrics or Metrics()
         self._text_cache = _LRU(text_cache_size)
 
     async def embed_term(self, term: Term) -> np.ndarray:
@@ -99,29 +153,112 @@ class SearchService:
         except KeyError:
             raise BadInputError(f"no image with id {item_id!r} in the collection") from None
 
+    async def read_terms(self, query: Query) -> tuple[list[Term], str]:
+        """The query's terms with audio read as speech or sound; and what was heard."""
+        terms: list[Term] = []
+        heard: list[str] = []
+        for term in query.terms:
+            if term.modality == "audio" and self.audio is not None and query.audio_as != "sound":
+                expanded, transcript = await self.audio.expand(term, query.audio_as)
+                terms += expanded
+                if transcript:
+                    heard.append(transcript)
+            else:
+                terms.append(term)
+        return terms, " / ".join(heard)
+
     async def query_vector(self, query: Query) -> np.ndarray:
-        vectors = await asyncio.gather(*(self.embed_term(t) for t in query.terms))
-        return fuse(vectors, [t.weight for t in query.terms])
+        terms, _ = await self.read_terms(query)
+        return await self._fuse(terms)
+
+    async def _fuse(self, terms: list[Term]) -> np.ndarray:
+        vectors = await asyncio.gather(*(self.embed_term(t) for t in terms))
+        return fuse(vectors, [t.weight for t in terms])
 
     async def search(self, query: Query) -> SearchResult:
+        with self._measured("search", modality_mix(query.terms)) as record:
+            return record(await self._search(query))
+
+    async def page(self, page_key: str, offset: int) -> SearchResult:
+        """Another page of a remembered search (`SearchResult.page_key`); no re-encoding."""
+        with self._measured("page", "remembered") as record:
+            return record(await self._page_of(page_key, offset))
+
+    async def more_like_row(self, row: int, limit: int | None = None) -> SearchResult:
+        """Images like the one stored at `row`, from its stored embedding (no re-encoding)."""
+        with self._measured("more_like_this", "item") as record:
+            return record(await self._more_like_row(row, limit))
+
+    async def refresh(self) -> bool:
+        """Pick up rows committed to the dataset since it was opened (by an ingest)."""
+        return await asyncio.to_thread(self.store.refresh)
+
+    @contextmanager
+    def _measured(self, kind: str, modalities: str) -> Iterator[Callable[[SearchResult], SearchResult]]:
+        def record(result: SearchResult) -> SearchResult:
+            self.metrics.record(kind, modalities, result.timings_ms)
+            return result
+
+        try:
+            yield record
+        except Exception as exc:
+            self.metrics.failed(exc)
+            raise
+
+    async def _search(self, query: Query) -> SearchResult:
         start = time.perf_counter()
-        vector = await self.query_vector(query)
-        encoded = time.perf_counter()
-        limit = min(query.limit, self.settings.max_limit)
-        hits: list[Hit] = await asyncio.to_thread(
-            self.store.search,
-            vector,
-            limit,
+        terms, heard = await self.read_terms(query)
+        vector = await self._fuse(terms)
+        saved = SavedQuery(
+            vector=vector,
             include=query.include,
             exclude=query.exclude,
-            offset=query.offset,
+            limit=min(query.limit, self.settings.max_limit),
+            description=query.describe(),
+            heard=heard,
+            cutoff=query_cutoff(terms, self.cutoffs, self.settings.min_score),
         )
+        return await self._page(saved, query.offset, start)
+
+    async def _page_of(self, page_key: str, offset: int) -> SearchResult:
+        start = time.perf_counter()
+        saved = await asyncio.to_thread(self.pages.load, page_key)
+        return await self._page(saved, max(0, offset), start, key=page_key)
+
+    async def _more_like_row(self, row: int, limit: int | None) -> SearchResult:
+        start = time.perf_counter()
+        vectors = await asyncio.to_thread(self.store.embeddings_at, [row])
+        saved = SavedQuery(
+            vector=vectors[0],
+            include=(),
+            exclude=(),
+            limit=min(limit or self.settings.default_limit, self.settings.max_limit),
+            description=f"more like result #{row}",
+            heard="",
+            cutoff=query_cutoff([Term("item", "", 1.0)], self.cutoffs, self.settings.min_score),
+        )
+        return await self._page(saved, 0, start)
+
+    async def _page(
+        self, saved: SavedQuery, offset: int, start: float, key: str | None = None
+    ) -> SearchResult:
+        encoded = time.perf_counter()
+        if key is None:
+            key = await asyncio.to_thread(self.pages.save, saved)
+        groups = await asyncio.to_thread(self._groups, saved, offset + saved.limit + 1)
         searched = time.perf_counter()
-        items = [self._item(h) for h in hits if h.score >= self.settings.min_score]
+        page = groups[offset : offset + saved.limit]
+        shown = [g for g in page if g.hit.score >= saved.cutoff]
         return SearchResult(
-            query=query,
-            items=items,
-            best_score=hits[0].score if hits else None,
+            description=saved.description,
+            items=[self._item(g) for g in shown],
+            best_score=page[0].hit.score if page else None,
+            cutoff=saved.cutoff,
+            offset=offset,
+            limit=saved.limit,
+            has_more=len(groups) > offset + saved.limit and len(shown) == len(page),
+            page_key=key,
+            heard=saved.heard,
             timings_ms={
                 "encode": (encoded - start) * 1000,
                 "search": (searched - encoded) * 1000,
@@ -129,7 +266,23 @@ class SearchService:
             },
         )
 
-    def _item(self, hit: Hit) -> ResultItem:
+    def _groups(self, saved: SavedQuery, want: int) -> list[Group]:
+        """At least `want` groups of near-duplicates (fewer when the collection runs out)."""
+        cosine = self.settings.collapse_cosine
+        if cosine >= 1.0:
+            hits = self.store.search(saved.vector, want, include=saved.include, exclude=saved.exclude)
+            return [Group(h, 0) for h in hits]
+        k = want * self.settings.candidate_factor
+        while True:
+            hits = self.store.search(saved.vector, k, include=saved.include, exclude=saved.exclude)
+            vectors = self.store.embeddings_at([h.row for h in hits])
+            groups = fold_near_duplicates(hits, vectors, cosine)
+            if len(groups) >= want or len(hits) < k or k >= MAX_CANDIDATES:
+                return groups
+            k = min(k * 4, MAX_CANDIDATES)
+
+    def _item(self, group: Group) -> ResultItem:
+        hit = group.hit
         return ResultItem(
             id=hit.id,
             score=hit.score,
@@ -138,6 +291,7 @@ class SearchService:
             row=hit.row,
             width=hit.width,
             height=hit.height,
+            similar=group.folded,
         )
 
     async def image_bytes(self, item: ResultItem) -> bytes | None:

@@ -113,6 +113,11 @@ class VectorStore(Protocol):
         """The embedding stored for `id` (for "more like this"); `KeyError` when unknown."""
         ...
 
+    def embeddings_at(self, rows: Sequence[int]) -> np.ndarray:
+        """The stored embeddings of `rows` as a float32 [len(rows), dim] matrix, in that order
+        (for folding near-duplicates and "more like this" by row); `StoreError` for a bad row."""
+        ...
+
     def image_bytes(self, row_or_hit: int | Hit) -> bytes | None:
         """The JPEG bytes stored for a row, unchanged; None when the row keeps no image."""
         ...

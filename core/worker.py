@@ -1,9 +1,13 @@
 """The encoder worker: one thread runs the model; async callers await their embeddings.
 
 Requests that arrive together are batched per modality: the thread takes the first waiting
-request, then gathers more for up to `batch_window_ms` (and whatever queued while the model was
-busy), up to `max_batch_size`. Decoding and preprocessing happen in the thread too, one input at
-a time, so a bad file fails only its own request. The event loop never runs torch.
+request, then gathers the others of the same burst (those submitted in the same turn of the
+event loop, as a `gather` of several terms or searches does) and whatever queued while the model
+was busy, up to `max_batch_size`. After each burst the loop posts an end-of-burst marker, so a
+lone request goes to the model at once; `batch_window_ms` only bounds how long the thread waits
+for that marker (when the loop is slow to reach it). Decoding and preprocessing happen in the
+thread too, one input at a time, so a bad file fails only its own request. The event loop never
+runs torch.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ class _Job:
 
 
 _STOP = object()
+_END_OF_BURST = object()  # posted by the event loop after the requests of one turn
+FAILED = "the image model failed on this request (it has been logged); please try again"
 
 
 def _resolve(job: _Job, result: Any = None, error: BaseException | None = None) -> None:
@@ -62,6 +68,8 @@ class EncoderWorker:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._burst_loop: asyncio.AbstractEventLoop | None = None  # will post an end-of-burst
+        self.restarts = 0  # threads replaced after one died
 
     async def __aenter__(self) -> EncoderWorker:
         self.start()
@@ -81,8 +89,13 @@ class EncoderWorker:
             return
         self._closed = True
         self._queue.put(_STOP)
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
+        while self._thread is not None and self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join, 1.0)
+
+    @property
+    def running(self) -> bool:
+        """Whether requests are being served (started, not closed, thread alive)."""
+        return not self._closed and self._thread is not None and self._thread.is_alive()
 
     async def embed(self, modality: str, payload: Any) -> np.ndarray:
         """The embedding of one input (float32, [dim]); bad input raises its user-facing error."""
@@ -91,30 +104,74 @@ class EncoderWorker:
         loop = asyncio.get_running_loop()
         job = _Job(modality, payload, loop.create_future(), loop)
         self._queue.put(job)
+        if self._burst_loop is not loop:
+            # Runs on the loop's next turn, after every request submitted in this one.
+            self._burst_loop = loop
+            loop.call_soon(self._end_burst)
         return await job.future
+
+    def _end_burst(self) -> None:
+        self._burst_loop = None
+        self._queue.put(_END_OF_BURST)
 
     # --- the worker thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is _STOP:
-                break
-            batch, stopping = self._gather(first)
-            for modality in dict.fromkeys(job.modality for job in batch):
-                self._process([job for job in batch if job.modality == modality])
-        self._fail_leftovers()
+        """Serve batches until stopped. A failing batch fails only its own requests; if the
+        thread dies anyway (a BaseException from native code or a bug), the requests in hand
+        fail with a message and a new thread takes over the queue."""
+        batch: list[_Job] = []
+        stopped = False
+        try:
+            while True:
+                first = self._queue.get()
+                if first is _END_OF_BURST:
+                    continue
+                if first is _STOP:
+                    stopped = True
+                    break
+                batch, stopping = self._gather(first)
+                try:
+                    for modality in dict.fromkeys(job.modality for job in batch):
+                        self._process([job for job in batch if job.modality == modality])
+                except Exception:
+                    log.exception("encoder worker failed on a batch of %d; serving on", len(batch))
+                    for job in batch:
+                        _resolve(job, error=EncoderUnavailableError(FAILED))
+                batch = []
+                if stopping:
+                    stopped = True
+                    break
+        finally:
+            for job in batch:
+                _resolve(job, error=EncoderUnavailableError(FAILED))
+            if stopped or self._closed:
+                self._fail_leftovers()
+            else:
+                self._restart()
+
+    def _restart(self) -> None:
+        self.restarts += 1
+        log.error("encoder worker thread died; starting a new one (restart %d)", self.restarts)
+        self._thread = threading.Thread(target=self._run, name="encoder-worker", daemon=True)
+        self._thread.start()
 
     def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
         batch = [first]
         deadline = time.monotonic() + self.batch_window_s
+        burst_over = False  # then take only what is already queued
         while len(batch) < self.max_batch_size:
             remaining = deadline - time.monotonic()
             try:
-                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                if remaining > 0 and not burst_over:
+                    job = self._queue.get(timeout=remaining)
+                else:
+                    job = self._queue.get_nowait()
             except queue.Empty:
                 break
+            if job is _END_OF_BURST:
+                burst_over = True
+                continue
             if job is _STOP:
                 return batch, True
             batch.append(job)
@@ -133,10 +190,10 @@ class EncoderWorker:
             return
         try:
             vectors = self.encoder.forward(jobs[0].modality, [prepared for _, prepared in ready])
-        except Exception as exc:
+        except Exception:
             log.exception("encoder forward pass failed for %d %s inputs", len(ready), jobs[0].modality)
             for job, _ in ready:
-                _resolve(job, error=exc)
+                _resolve(job, error=EncoderUnavailableError(FAILED))
             return
         self.batch_sizes[len(ready)] += 1
         for (job, _), vector in zip(ready, vectors, strict=True):
@@ -148,5 +205,5 @@ class EncoderWorker:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if job is not _STOP:
+            if job is not _STOP and job is not _END_OF_BURST:
                 _resolve(job, error=EncoderUnavailableError("the encoder shut down; try again"))

@@ -30,9 +30,12 @@ def collection(tmp_path_factory) -> tuple[Path, Path]:
     return root, dataset
 
 
-def search_json(capsys, dataset: Path, *args: str) -> dict:
+def search_json(capsys, dataset: Path, *args: str, collapse: bool = False) -> dict:
+    """Search with near-duplicate folding off (unless `collapse`), so rankings are plain top-k."""
+    config = dataset.parent / ("collapse.toml" if collapse else "plain.toml")
+    config.write_text("" if collapse else "[search]\ncollapse_cosine = 1.0\n")
     capsys.readouterr()
-    code = main(["search", "--dataset", str(dataset), "--model", "tiny", "--json", *args])
+    code = main(["search", "--config", str(config), "--dataset", str(dataset), "--model", "tiny", "--json", *args])
     out = capsys.readouterr()
     assert code == 0, out.err
     return json.loads(out.out)
@@ -119,6 +122,16 @@ def test_paging_continues_where_the_first_page_ended(collection, capsys):
     second = search_json(capsys, dataset, "--text", "castle", "--limit", "4", "--offset", "4")["hits"]
     both = search_json(capsys, dataset, "--text", "castle", "--limit", "8")["hits"]
     assert [h["id"] for h in first + second] == [h["id"] for h in both]
+
+
+def test_folded_near_duplicates_are_counted_and_pages_stay_full(collection, capsys):
+    _, dataset = collection
+    plain = search_json(capsys, dataset, "--text", "castle", "--limit", "10")["hits"]
+    folded = search_json(capsys, dataset, "--text", "castle", "--limit", "5", collapse=True)["hits"]
+    assert len(folded) == 5
+    assert sum(1 + h["similar"] for h in folded) <= N_IMAGES
+    assert any(h["similar"] for h in folded)  # the tiny model maps many pictures close together
+    assert folded[0]["id"] == plain[0]["id"]
 
 
 def test_saved_images_are_the_stored_jpegs(collection, capsys, tmp_path):

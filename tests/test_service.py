@@ -9,8 +9,7 @@ from core.deeplake_store import DeepLakeStore
 from core.encoder import Encoder
 from core.errors import BadInputError
 from core.query import Query, Term
-from ingest.pipeline import ingest
-from ingest.sources import FolderSource
+from core.store import Record
 from tests.media_factory import make_picture
 
 
@@ -25,14 +24,20 @@ def settings(tmp_path_factory, root) -> Settings:
         (root / f"p{i:02d}.jpg").write_bytes(make_picture(i))
     dataset = str(tmp_path_factory.mktemp("ds") / "pictures")
     settings = Settings.model_validate(
-        {"model": {"name": "tiny"}, "store": {"dataset": dataset}, "search": {"max_limit": 20}}
+        {
+            "model": {"name": "tiny"},
+            "store": {"dataset": dataset},
+            "search": {"max_limit": 20, "collapse_cosine": 1.0},
+        }
     )
     encoder = Encoder.load(settings.model, settings.limits)
-    source = FolderSource(root)
+    files = sorted(root.iterdir())
+    vectors = encoder.embed("image", [f.read_bytes() for f in files])
     store = DeepLakeStore.create(dataset, model_name="tiny", dim=encoder.dim)
-    summary = ingest(source.items(), source_name=source.name, store=store, encoder=encoder, progress=False)
+    store.append(
+        [Record(id=f.name, embedding=v, image_jpeg=f.read_bytes()) for f, v in zip(files, vectors, strict=True)]
+    )
     store.close()
-    assert summary.added == 20
     return settings
 
 
@@ -69,7 +74,9 @@ async def test_repeated_text_terms_are_served_from_the_cache(settings):
 
 
 async def test_score_cut_off_keeps_the_best_score(settings):
-    strict = settings.model_copy(update={"search": SearchSettings(max_limit=20, min_score=0.9999)})
+    strict = settings.model_copy(
+        update={"search": SearchSettings(max_limit=20, min_score=0.9999, collapse_cosine=1.0)}
+    )
     async with open_search_service(strict, progress=False) as service:
         result = await service.search(Query((Term("text", "a dog"),)))
     assert result.items == [] and result.best_score is not None and result.best_score < 0.9999

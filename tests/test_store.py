@@ -333,6 +333,23 @@ def test_embedding_returns_what_was_stored(backend: Backend) -> None:
         reader.embedding("nope")
 
 
+def test_embeddings_at_rows_point_like_the_stored_ones(backend: Backend) -> None:
+    store = backend.create()
+    records = make_records(10)
+    store.append(records)
+    reader = backend.reopen()
+    reader.search(query(0), 3)  # exact backends now hold the matrix in memory
+    got = reader.embeddings_at([7, 0, 7])
+    assert got.dtype == np.float32 and got.shape == (3, records[0].embedding.shape[0])
+    for row, vector in zip([7, 0, 7], got, strict=True):
+        expected = records[row].embedding / np.linalg.norm(records[row].embedding)
+        cosine = vector @ expected / np.linalg.norm(vector)
+        assert cosine == pytest.approx(1.0, abs=1e-6)
+    assert reader.embeddings_at([]).shape[0] == 0
+    with pytest.raises(StoreError, match="row 10 is not in dataset"):
+        reader.embeddings_at([10])
+
+
 def test_concurrent_searches_equal_sequential(backend: Backend) -> None:
     texts = [("red " if i % 3 else "blue ") + str(i) for i in range(500)]
     writer = backend.create()
