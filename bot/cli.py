@@ -14,10 +14,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.config import MediaLimits, Settings, load_settings
+from core.config import MediaLimits, Secrets, Settings, load_settings
 from core.errors import BadInputError, SearchAllError
+from core.logs import setup_logging
 from core.media.sizes import check_file_size
-from core.query import Query, Term, parse_text_terms
+from core.query import Query, Term, parse_query_text
 
 log = logging.getLogger("search_all")
 
@@ -45,8 +46,12 @@ def read_media_file(path: Path, limits: MediaLimits) -> bytes:
 
 def build_query(args: argparse.Namespace, limits: MediaLimits, default_limit: int) -> Query:
     terms: list[Term] = []
+    include, exclude = list(args.filter), list(args.exclude)
     for text in args.text:
-        terms += parse_text_terms(text, max_chars=limits.max_query_chars, max_terms=limits.max_terms)
+        parsed = parse_query_text(text, max_chars=limits.max_query_chars, max_terms=limits.max_terms)
+        terms += parsed.terms
+        include += parsed.include
+        exclude += parsed.exclude
     for modality, paths in (("image", args.image), ("audio", args.audio)):
         for path in paths:
             terms.append(Term(modality, read_media_file(path, limits), 1.0, label=path.name))
@@ -54,8 +59,9 @@ def build_query(args: argparse.Namespace, limits: MediaLimits, default_limit: in
         terms=tuple(terms),
         limit=args.limit or default_limit,
         offset=args.offset,
-        include=tuple(args.filter),
-        exclude=tuple(args.exclude),
+        include=tuple(include),
+        exclude=tuple(exclude),
+        audio_as=args.audio_as,
     )
 
 
@@ -76,56 +82,46 @@ async def _search(args: argparse.Namespace) -> int:
         print(
             json.dumps(
                 {
-                    "query": query.describe(),
+                    "query": result.description,
                     "hits": [
-                        {"id": i.id, "score": round(i.score, 6), "text": i.text, "url": i.url}
+                        {
+                            "id": i.id,
+                            "score": round(i.score, 6),
+                            "text": i.text,
+                            "url": i.url,
+                            "similar": i.similar,
+                        }
                         for i in result.items
                     ],
+                    "heard": result.heard,
+                    "best_score": result.best_score,
+                    "cutoff": result.cutoff,
                     "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
                 }
             )
         )
         return 0
-    print(f"query: {query.describe()}")
-    if not result.items:
-        best = "" if result.best_score is None else f" (best score {result.best_score:.3f})"
-        print(f"no good match{best}")
+    print(f"query: {result.description}")
+    if result.heard:
+        print(f"heard: {result.heard}")
+    if result.no_good_match:
+        print(f"no good match (best score {result.best_score:.3f}, cut-off {result.cutoff:.2f})")
+    elif not result.items:
+        print("no results")
     for rank, item in enumerate(result.items, 1 + query.offset):
         where = item.url or f"row {item.row}"
-        print(f"{rank:3d}. {item.score:.3f}  {item.id}  {item.text[:70]}  {where}")
+        similar = f"  (+{item.similar} similar)" if item.similar else ""
+        print(f"{rank:3d}. {item.score:.3f}  {item.id}  {item.text[:70]}  {where}{similar}")
     print(f"({result.timings_ms['total']:.0f} ms)")
     return 0
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from core.app import store_creds
-    from core.config import Secrets
-    from core.deeplake_store import DeepLakeStore
-    from core.encoder import Encoder
-    from core.imagebind.configs import get_config
-    from ingest.pipeline import ingest
-    from ingest.sources import parse_source
+    from ingest.runner import run_ingest
 
     settings = _settings(args)
-    source = parse_source(args.source)
-    store = DeepLakeStore.open_or_create(
-        settings.store.dataset,
-        model_name=settings.model.name,
-        dim=get_config(settings.model.name).out_dim,
-        creds=store_creds(settings, Secrets.from_env()),
-    )
-    try:
-        encoder = Encoder.load(settings.model, settings.limits)
-        summary = ingest(
-            source.items(),
-            source_name=source.name,
-            store=store,
-            encoder=encoder,
-            batch_size=args.batch_size,
-        )
-    finally:
-        store.close()
-    print(f"{settings.store.dataset}: {summary}")
+    report = run_ingest(settings, args.source, workers=args.workers, batch_size=args.batch_size)
+    print(f"{settings.store.dataset}: {report}")
     return 0
 
 
@@ -143,9 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", help="index images into a DeepLake dataset")
     ingest.add_argument(
         "source", nargs="?", default="hf:xfh/lexica_6k",
-        help="folder:DIR or hf:NAME[:SPLIT] (default: hf:xfh/lexica_6k, the 6k Lexica images)",
+        help="folder:DIR, hf:NAME[:SPLIT] or s3://bucket/prefix (default: hf:xfh/lexica_6k, the 6k Lexica images)",
     )
-    ingest.add_argument("--batch-size", type=int, default=16)
+    ingest.add_argument("--batch-size", type=int, help="images per batch and commit (overrides [ingest] batch_size)")
+    ingest.add_argument(
+        "--workers", type=int, help="decoding processes, 0 for none (overrides [ingest] workers)"
+    )
     _common(ingest)
     ingest.set_defaults(run=lambda a: _ingest(a))
 
@@ -157,20 +156,67 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--offset", type=int, default=0, help="skip this many results (paging)")
     search.add_argument("--filter", action="append", default=[], help="prompt must contain WORD")
     search.add_argument("--exclude", action="append", default=[], help="prompt must not contain WORD")
+    search.add_argument(
+        "--audio-as", choices=["auto", "sound", "speech"], default="auto",
+        help="audio as its sound, as the words spoken in it, or speech when speech is found (default)",
+    )
     search.add_argument("--json", action="store_true", help="print one JSON object")
     search.add_argument("--save", type=Path, help="write the result images into this folder")
     _common(search)
     search.set_defaults(run=lambda a: asyncio.run(_search(a)))
+
+    bots = commands.add_parser("bot", help="run a chat bot").add_subparsers(dest="platform", required=True)
+    discord = bots.add_parser("discord", help="the Discord bot (token from DISCORD_TOKEN)")
+    discord.add_argument("--sync", action="store_true", help="register the slash commands with Discord first")
+    _common(discord)
+    discord.set_defaults(run=_run_discord)
+    slack = bots.add_parser("slack", help="the Slack bot (SLACK_BOT_TOKEN, SLACK_SIGNING_SECRET)")
+    slack.add_argument("--socket-mode", action="store_true", help="connect with Socket Mode (SLACK_APP_TOKEN)")
+    _common(slack)
+    slack.set_defaults(run=_run_slack)
+
+    web = commands.add_parser("web", help="a local web page to search from a browser")
+    web.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    web.add_argument("--port", type=int, help="port (default 7860)")
+    _common(web)
+    web.set_defaults(run=_run_web)
     return parser
+
+
+def _run_discord(args: argparse.Namespace) -> int:
+    from bot.discord_bot import run_discord
+    from core.config import Secrets
+
+    run_discord(_settings(args), Secrets.from_env(), sync=args.sync)
+    return 0
+
+
+def _run_slack(args: argparse.Namespace) -> int:
+    from bot.slack_bot import run_slack
+    from core.config import Secrets
+
+    run_slack(_settings(args), Secrets.from_env(), socket_mode=args.socket_mode)
+    return 0
+
+
+def _run_web(args: argparse.Namespace) -> int:
+    from bot.web import run_web
+
+    settings = _settings(args)
+    port = settings.web.port if args.port is None else args.port
+    run_web(settings, host=args.host or settings.web.host, port=port)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.INFO if args.verbose or args.command in ("bot", "web") else logging.WARNING
+    secrets = Secrets.from_env().values()
+    setup_logging(level=level, secrets=secrets)
     try:
+        log_format = load_settings(args.config).ops.log_format
+        if log_format != "text":
+            setup_logging(level=level, fmt=log_format, secrets=secrets)
         return args.run(args)
     except SearchAllError as exc:
         print(f"error: {exc}", file=sys.stderr)

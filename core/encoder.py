@@ -136,12 +136,17 @@ class Encoder:
         raise ValueError(f"unknown modality {modality!r}")
 
     @torch.inference_mode()
-    def forward(self, modality: str, batch: list[Prepared]) -> np.ndarray:
-        """Embed prepared inputs of one modality: a float32 array [len(batch), dim]."""
+    def forward(self, modality: str, batch: list[Prepared] | torch.Tensor) -> np.ndarray:
+        """Embed prepared inputs of one modality: a float32 array [len(batch), dim].
+
+        Image and audio inputs may also come already stacked into one tensor (the ingest's
+        loader does that in its workers), which saves a copy.
+        """
         if modality == "text":
             out = self.model.embed_text(self.tokenizer(batch).to(self.device))
         else:
-            inputs = torch.stack(batch).to(device=self.device, dtype=self.dtype)
+            stacked = batch if isinstance(batch, torch.Tensor) else torch.stack(batch)
+            inputs = stacked.to(device=self.device, dtype=self.dtype)
             embed = self.model.embed_vision if modality == "image" else self.model.embed_audio
             out = embed(inputs)
         return out.float().cpu().numpy()

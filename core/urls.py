@@ -1,16 +1,23 @@
 """Where a result image can be fetched from, for a reply or the terminal.
 
-An image uploaded to S3 at ingest has a key; with `[images] public_base_url` set, its URL is
-that base plus the key. An image indexed from a local folder keeps its path as a `file://` URL
-for the terminal. Otherwise there is no URL and the adapters send the bytes kept in the dataset.
+An image uploaded to S3 at ingest has a key. With `[s3] url_mode = "presigned"` its URL is a
+presigned GET for that key (signed locally, valid `presign_seconds`; the bucket can stay
+private); otherwise, with `[images] public_base_url` set, that base plus the key. An image
+indexed from a local folder keeps its path as a `file://` URL for the terminal. Otherwise there
+is no URL and the adapters send the bytes kept in the dataset.
+
+boto3 is needed (and imported) only for presigned URLs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from urllib.parse import quote
 
+from core.config import Secrets, Settings
 from core.store import Hit
 
 FOLDER_SOURCE_PREFIX = "folder:"
@@ -19,8 +26,24 @@ FOLDER_SOURCE_PREFIX = "folder:"
 @dataclass(frozen=True)
 class ImageLocator:
     public_base_url: str | None = None
+    presign: Callable[[str], str] | None = None  # an S3 key -> a time-limited URL
+
+    @classmethod
+    def from_settings(cls, settings: Settings, secrets: Secrets) -> ImageLocator:
+        """The locator `settings` describe; with presigned URLs, the S3 client is built now, so
+        a missing boto3 fails at startup rather than on the first reply."""
+        if settings.s3.url_mode != "presigned" or not settings.s3.bucket:
+            return cls(settings.images.public_base_url)
+        from core.s3 import S3Connection
+
+        connection = S3Connection.from_settings(settings.store, secrets)
+        connection.client()
+        presign = partial(connection.presigned_url, settings.s3.bucket, seconds=settings.s3.presign_seconds)
+        return cls(settings.images.public_base_url, presign=presign)
 
     def url_for(self, hit: Hit) -> str | None:
+        if hit.s3_key and self.presign is not None:
+            return self.presign(hit.s3_key)
         if hit.s3_key and self.public_base_url:
             return f"{self.public_base_url.rstrip('/')}/{quote(hit.s3_key)}"
         if hit.source.startswith(FOLDER_SOURCE_PREFIX):

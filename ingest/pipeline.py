@@ -1,31 +1,36 @@
-"""Ingest: source items -> decoded, validated images -> embeddings -> DeepLake, batch by batch.
+"""Ingest: list the source, skip what is in, decode in workers, encode here, commit batch by batch.
 
-Each batch is committed as soon as it is written, so an interrupted ingest keeps every finished
-batch, and re-running skips ids already in the dataset. A file that is not a valid image is
-logged and counted as failed; it never stops the run.
+1. The source is listed (no image is read) and ids already in the store are dropped, so a
+   resumed ingest downloads and decodes only what is missing.
+2. Worker processes read, decode and preprocess the rest (`ingest.loader`); the model runs in
+   this process on each batch as it arrives, while the batch's images upload to S3 (when
+   configured, `ingest.uploader`).
+3. Each batch is appended and committed at once (`VectorStore.append`): a killed ingest keeps
+   every finished batch and loses at most the one in flight, which the next run redoes. Ids are
+   stable, so every image ends up in the dataset exactly once.
+
+A file that is not a valid image is logged and counted as failed; it never stops the run.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 
-from PIL import Image
 from tqdm import tqdm
 
-from core.config import MediaLimits
 from core.encoder import Encoder
-from core.errors import BadInputError
-from core.media.image import decode_image, encode_jpeg
 from core.store import Record, VectorStore
-from ingest.sources import SourceItem
+from ingest.loader import PreparedBatch, prepared_batches
+from ingest.sources import ItemRef, Source
+from ingest.uploader import ImageUploader
 
 log = logging.getLogger(__name__)
 
-STORED_MAX_SIDE = 1024
+LIST_CHUNK = 4096  # ids checked against the store per call while listing
 
 
 @dataclass
@@ -33,75 +38,89 @@ class IngestSummary:
     added: int = 0
     skipped: int = 0
     failed: int = 0
+    uploaded: int = 0
     seconds: float = 0.0
 
     def __str__(self) -> str:
+        uploaded = f", uploaded {self.uploaded} to S3" if self.uploaded else ""
         return (
             f"added {self.added}, skipped {self.skipped} already present, "
-            f"failed {self.failed}, in {self.seconds:.1f} s"
+            f"failed {self.failed}{uploaded}, in {self.seconds:.1f} s"
         )
 
 
-def _batches(items: Iterable[SourceItem], size: int) -> Iterator[list[SourceItem]]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
+def _chunks(refs: Iterator[ItemRef], size: int) -> Iterator[list[ItemRef]]:
+    while chunk := list(islice(refs, size)):
+        yield chunk
 
 
-def stored_jpeg(data: bytes, image: Image.Image) -> bytes:
-    """The bytes kept in the dataset: the original JPEG when small enough, else a resized JPEG."""
-    if data[:3] == b"\xff\xd8\xff" and max(image.size) <= STORED_MAX_SIDE:
-        return data
-    copy = image.copy()
-    copy.thumbnail((STORED_MAX_SIDE, STORED_MAX_SIDE), Image.Resampling.LANCZOS)
-    return encode_jpeg(copy)
+def pending_refs(source: Source, store: VectorStore) -> tuple[list[ItemRef], int]:
+    """The source's items not in `store` yet (each id once), and how many were skipped."""
+    todo: list[ItemRef] = []
+    seen: set[str] = set()
+    skipped = 0
+    for chunk in _chunks(source.refs(), LIST_CHUNK):
+        present = store.existing_ids([ref.id for ref in chunk])
+        for ref in chunk:
+            if ref.id in present or ref.id in seen:
+                skipped += 1
+            else:
+                seen.add(ref.id)
+                todo.append(ref)
+    return todo, skipped
 
 
-def _decode(item: SourceItem, limits: MediaLimits) -> tuple[bytes, Image.Image] | None:
-    try:
-        data = item.read()
-        return data, decode_image(data, limits)
-    except (BadInputError, OSError) as exc:
-        log.warning("skipping %s: %s", item.id, exc)
-        return None
+def _records(
+    batch: PreparedBatch, encoder: Encoder, source_name: str, uploader: ImageUploader | None
+) -> list[Record]:
+    uploads = uploader.submit(batch.jpegs) if uploader else None  # run while the model does
+    vectors = encoder.forward("image", batch.pixels)
+    keys = ImageUploader.keys(uploads) if uploads else [""] * len(batch.refs)
+    return [
+        Record(
+            id=ref.id,
+            embedding=vector,
+            text=ref.text,
+            source=source_name,
+            image_jpeg=None if key else jpeg,  # on S3: the dataset keeps the key, not the bytes
+            s3_key=key,
+            width=width,
+            height=height,
+        )
+        for ref, vector, jpeg, key, (width, height) in zip(
+            batch.refs, vectors, batch.jpegs, keys, batch.sizes, strict=True
+        )
+    ]
 
 
 def ingest(
-    items: Iterable[SourceItem],
+    source: Source,
     *,
-    source_name: str,
     store: VectorStore,
     encoder: Encoder,
     batch_size: int = 16,
-    total: int | None = None,
+    workers: int = 0,
+    uploader: ImageUploader | None = None,
     progress: bool = True,
 ) -> IngestSummary:
+    """Index every image of `source` not yet in `store` (see the module docstring)."""
     summary = IngestSummary()
     start = time.perf_counter()
-    with tqdm(total=total, unit="img", disable=not progress, desc="ingest") as bar:
-        for batch in _batches(items, batch_size):
-            present = store.existing_ids([item.id for item in batch])
-            todo = [item for item in batch if item.id not in present]
-            summary.skipped += len(batch) - len(todo)
-            decoded = [(item, _decode(item, encoder.limits)) for item in todo]
-            good = [(item, d) for item, d in decoded if d is not None]
-            summary.failed += len(decoded) - len(good)
-            if good:
-                vectors = encoder.embed("image", [image for _, (_, image) in good])
-                records = [
-                    Record(
-                        id=item.id,
-                        embedding=vector,
-                        text=item.text,
-                        source=source_name,
-                        image_jpeg=stored_jpeg(data, image),
-                        s3_key="",
-                        width=image.width,
-                        height=image.height,
-                    )
-                    for (item, (data, image)), vector in zip(good, vectors, strict=True)
-                ]
+    todo, summary.skipped = pending_refs(source, store)
+    log.info("%s: %d to index, %d already present", source.name, len(todo), summary.skipped)
+    batches = prepared_batches(source, todo, limits=encoder.limits, batch_size=batch_size, workers=workers)
+    with tqdm(total=len(todo), unit="img", disable=not progress, desc="ingest", smoothing=0.1) as bar:
+        for batch in batches:
+            for ref, reason in batch.failures:
+                log.warning("skipping %s: %s", ref.id, reason)
+            summary.failed += len(batch.failures)
+            if batch.refs:
+                records = _records(batch, encoder, source.name, uploader)
                 summary.added += store.append(records)
+                summary.uploaded += sum(1 for r in records if r.s3_key)
+                log.info("committed %d records (%d in the dataset)", len(records), store.info.rows)
             bar.update(len(batch))
+            if summary.failed:
+                bar.set_postfix(failed=summary.failed, refresh=False)
     summary.seconds = time.perf_counter() - start
     return summary

@@ -1,0 +1,110 @@
+"""S3 access shared by the ingest (an `s3://` source, image uploads) and replies (presigned URLs).
+
+One `S3Connection` says where S3 is (endpoint and region from `[store] s3_endpoint_url` /
+`s3_region`, keys from the environment through `Secrets`); `client()` builds the boto3 client.
+boto3 is imported only then, so nothing of core needs it unless S3 is configured, and a missing
+boto3 is a `ConfigError` with the install line. Clients are made once per process: a forked
+ingest worker builds its own rather than sharing the parent's sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.config import Secrets, StoreSettings
+from core.errors import ConfigError
+
+S3_SCHEME = "s3://"
+
+_clients: dict[tuple[int, S3Connection], Any] = {}
+_clients_lock = threading.Lock()
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/some/prefix` -> `("bucket", "some/prefix")`; a `ConfigError` for anything else."""
+    if not url.startswith(S3_SCHEME):
+        raise ConfigError(f"{url!r} is not an S3 URL: write s3://bucket/prefix")
+    bucket, _, prefix = url[len(S3_SCHEME) :].partition("/")
+    if not bucket:
+        raise ConfigError(f"{url!r} names no bucket: write s3://bucket/prefix")
+    return bucket, prefix.strip("/")
+
+
+def describe_s3_error(exc: BaseException) -> str:
+    """A one-line reason for a boto3/botocore error, with what to do where that is clear."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and "Error" in response:
+        error = response["Error"]
+        code, message = error.get("Code", "?"), error.get("Message", "")
+        hint = {
+            "NoSuchBucket": ": create the bucket first, or fix the bucket name",
+            "AccessDenied": ": the keys in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY lack permission",
+            "InvalidAccessKeyId": ": check AWS_ACCESS_KEY_ID",
+            "SignatureDoesNotMatch": ": check AWS_SECRET_ACCESS_KEY",
+        }.get(code, "")
+        return f"{code} {message}".strip() + hint
+    name = type(exc).__name__
+    if name == "NoCredentialsError":
+        return "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
+        return f"cannot reach S3 ({exc}): check [store] s3_endpoint_url and the network"
+    return f"{name}: {exc}"
+
+
+@dataclass(frozen=True)
+class S3Connection:
+    """Where S3 is and how to sign in; `repr` never shows the keys."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    max_pool_connections: int = 16
+
+    @classmethod
+    def from_settings(
+        cls, store: StoreSettings, secrets: Secrets, *, max_pool_connections: int = 16
+    ) -> S3Connection:
+        return cls(
+            endpoint_url=store.s3_endpoint_url,
+            region=store.s3_region,
+            access_key_id=secrets.aws_access_key_id,
+            secret_access_key=secrets.aws_secret_access_key,
+            max_pool_connections=max_pool_connections,
+        )
+
+    def client(self) -> Any:
+        """The boto3 S3 client of this process for this connection (thread-safe to share)."""
+        key = (os.getpid(), self)
+        with _clients_lock:
+            client = _clients.get(key)
+            if client is None:
+                client = _clients[key] = self._new_client()
+            return client
+
+    def presigned_url(self, bucket: str, key: str, *, seconds: int) -> str:
+        """A URL that reads `key` without credentials for `seconds` (signed locally, no request)."""
+        return self.client().generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds
+        )
+
+    def _new_client(self) -> Any:
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError:
+            raise ConfigError("S3 needs boto3: pip install 'search-all[s3]'") from None
+        options: dict[str, Any] = {"max_pool_connections": self.max_pool_connections}
+        if self.endpoint_url:  # S3-compatible servers (MinIO, moto, ...) want path-style URLs
+            options["s3"] = {"addressing_style": "path"}
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+            config=Config(**options),
+        )

@@ -1,0 +1,136 @@
+"""Read, decode and preprocess images in worker processes, batch by batch (a torch DataLoader).
+
+`prepared_batches(source, refs, ...)` yields `PreparedBatch`es: the model's input tensor for the
+images that decoded, the JPEG bytes to keep (or upload) and the sizes, and the items that failed
+with the reason. Each worker takes every n-th item (`refs[worker::workers]`) and reads it
+through the source itself, so image bytes never cross a process boundary on the way in; the
+collate stacks the good tensors and keeps the failures, so one broken file fails only itself.
+With `workers=0` the same code runs in the calling process.
+
+The preprocessing is the encoder's (`decode_image`, then `image_to_tensor`), so an embedding
+does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+
+from core.config import MediaLimits
+from core.errors import BadInputError
+from core.imagebind.transforms import IMAGE_SIZE, image_to_tensor
+from core.media.image import decode_image, encode_jpeg
+from ingest.sources import ItemRef, Source
+
+log = logging.getLogger(__name__)
+
+STORED_MAX_SIDE = 1024
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def stored_jpeg(data: bytes, image: Image.Image) -> bytes:
+    """The bytes kept (or uploaded): the original JPEG when small enough, else a resized JPEG."""
+    if data[:3] == JPEG_MAGIC and max(image.size) <= STORED_MAX_SIDE:
+        return data
+    copy = image.copy()
+    copy.thumbnail((STORED_MAX_SIDE, STORED_MAX_SIDE), Image.Resampling.LANCZOS)
+    return encode_jpeg(copy)
+
+
+@dataclass(frozen=True)
+class PreparedItem:
+    """One item after its worker is done with it: a tensor and its JPEG, or a failure."""
+
+    ref: ItemRef
+    pixels: torch.Tensor | None = None  # float32 [3, 224, 224]
+    jpeg: bytes = b""
+    width: int = 0
+    height: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """The good items of a batch (`refs[i]` is `pixels[i]`) and the failed ones."""
+
+    refs: list[ItemRef]
+    pixels: torch.Tensor  # float32 [len(refs), 3, 224, 224]
+    jpegs: list[bytes]
+    sizes: list[tuple[int, int]]
+    failures: list[tuple[ItemRef, str]]
+
+    def __len__(self) -> int:
+        return len(self.refs) + len(self.failures)
+
+
+def prepare_item(source: Source, ref: ItemRef, limits: MediaLimits) -> PreparedItem:
+    """Read, decode and preprocess one item; bad data becomes a failure, not an exception."""
+    try:
+        data = source.read(ref)
+        image = decode_image(data, limits)
+        return PreparedItem(ref, image_to_tensor(image), stored_jpeg(data, image), image.width, image.height)
+    except (BadInputError, OSError) as exc:
+        return PreparedItem(ref, error=str(exc) or type(exc).__name__)
+
+
+def collate(items: Sequence[PreparedItem]) -> PreparedBatch:
+    """Stack the good items' tensors (in a worker: straight into shared memory, as torch's
+    `default_collate` does, so the batch reaches the main process without another copy)."""
+    good = [item for item in items if item.pixels is not None]
+    pixels = (
+        default_collate([item.pixels for item in good])
+        if good
+        else torch.empty((0, 3, IMAGE_SIZE, IMAGE_SIZE))
+    )
+    return PreparedBatch(
+        refs=[item.ref for item in good],
+        pixels=pixels,
+        jpegs=[item.jpeg for item in good],
+        sizes=[(item.width, item.height) for item in good],
+        failures=[(item.ref, item.error) for item in items if item.pixels is None],
+    )
+
+
+class PreparedItems(IterableDataset):
+    """The items of `refs`, prepared; in a DataLoader worker, only that worker's share."""
+
+    def __init__(self, source: Source, refs: Sequence[ItemRef], limits: MediaLimits) -> None:
+        self.source = source
+        self.refs = refs
+        self.limits = limits
+
+    def __iter__(self) -> Iterator[PreparedItem]:
+        worker = get_worker_info()
+        first, step = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        for index in range(first, len(self.refs), step):
+            yield prepare_item(self.source, self.refs[index], self.limits)
+
+
+def prepared_batches(
+    source: Source,
+    refs: Sequence[ItemRef],
+    *,
+    limits: MediaLimits,
+    batch_size: int,
+    workers: int,
+) -> Iterator[PreparedBatch]:
+    """Batches of up to `batch_size` prepared items, from `workers` processes (0: this one).
+
+    Batches come from the workers in turn; every item of `refs` is in exactly one batch.
+    """
+    if not refs:
+        return
+    workers = min(workers, len(refs))
+    loader = DataLoader(
+        PreparedItems(source, refs, limits),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        prefetch_factor=2 if workers else None,
+    )
+    yield from loader
