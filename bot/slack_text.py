@@ -1,0 +1,44 @@
+"""What users type to the Slack bot, read as a query: Slack's markup undone, `limit:N` taken out.
+
+Slack escapes `&`, `<` and `>` in message and command text, writes mentions as `<@U123>`, and
+clients may turn straight quotes into curly ones; the query syntax (core.query) wants none of
+that. `limit:N` anywhere in the text asks for N results (clamped to what a message can show).
+"""
+
+from __future__ import annotations
+
+import re
+
+from core.errors import QuerySyntaxError
+
+_MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
+_LIMIT = re.compile(r"(?:(?<=\s)|^)limit:(\S*)", re.IGNORECASE)
+_CURLY_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u00ab": '"', "\u00bb": '"'})
+
+
+def unescape(text: str) -> str:
+    """Slack's message text as the user typed it."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def escape(text: str) -> str:
+    """Text safe to put in Slack `mrkdwn` (no accidental mentions or links)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def query_text(text: str) -> str:
+    """The query part of a message or command: mentions removed, markup and quotes undone."""
+    return unescape(_MENTION.sub(" ", text)).translate(_CURLY_QUOTES).strip()
+
+
+def split_limit(text: str) -> tuple[str, int | None]:
+    """`text` without its `limit:N`, and N (None when not given)."""
+    found = _LIMIT.findall(text)
+    if not found:
+        return text, None
+    if len(found) > 1:
+        raise QuerySyntaxError("give limit: once, like limit:5")
+    value = found[0]
+    if not value.isdigit() or int(value) < 1:
+        raise QuerySyntaxError(f"limit:{value} is not a number of results: write it like limit:5")
+    return _LIMIT.sub(" ", text).strip(), int(value)
