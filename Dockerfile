@@ -1,25 +1,43 @@
-# Search All: CPU or CUDA (the torch wheel pinned in pyproject.toml carries its CUDA runtime).
-# The ImageBind checkpoint is not baked in: mount a cache volume at /cache so it is downloaded once.
+# Search All on the NVIDIA CUDA runtime (runs on CPU too: torch falls back when no GPU is given).
+# The ImageBind checkpoint is not baked in: a cache volume at /cache keeps it (and the page
+# memory of chat buttons) across containers, so it is downloaded once.
 #   docker build -t search-all .
-#   docker run --rm -v search-all-cache:/cache -v "$PWD/data:/app/data" search-all search --text "a red car"
-FROM python:3.11-slim
+#   docker run --rm --gpus all -v search-all-cache:/cache -v "$PWD/data:/app/data" \
+#       -e DISCORD_TOKEN search-all bot discord --config /app/config.toml
+# docs/compose.yaml runs the Discord and Slack bots with a shared cache and dataset.
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS base
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    XDG_CACHE_HOME=/cache
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.12 python3.12-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 
-WORKDIR /app
+FROM base AS build
+WORKDIR /src
+RUN python3.12 -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY core ./core
 COPY ingest ./ingest
 COPY bot ./bot
-RUN pip install ".[ingest]" \
-    && useradd --create-home --uid 10001 searchall \
-    && mkdir -p /cache /app/data \
-    && chown searchall /cache /app/data
+RUN /opt/venv/bin/pip install ".[discord,slack,s3,ingest,asr]"
 
-USER searchall
+FROM base
+ENV PATH=/opt/venv/bin:$PATH \
+    XDG_CACHE_HOME=/cache
+COPY --from=build /opt/venv /opt/venv
+RUN useradd --create-home --uid 10001 searchall \
+    && mkdir -p /cache /app/data \
+    && chown 10001:10001 /cache /app/data
+WORKDIR /app
+USER 10001:10001
 VOLUME ["/cache", "/app/data"]
+# Liveness and readiness of a running bot: the ops server of [ops] (port 9090 by default).
+EXPOSE 3000 9090
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9090/healthz', timeout=4)"]
 ENTRYPOINT ["search-all"]
 CMD ["--help"]

