@@ -92,6 +92,11 @@ class S3Settings(_Section):
     upload_threads: int = Field(default=8, ge=1, le=64)
     url_mode: Literal["public", "presigned"] = "public"
     presign_seconds: int = Field(default=3600, ge=1, le=604_800)
+    # Keep a copy of each uploaded image in the dataset too, so replies fall back to it while
+    # S3 is unreachable (about 50-150 KB per image).
+    keep_in_dataset: bool = True
+    # How often a running bot checks that the bucket answers, seconds (0: never; always link).
+    health_check_seconds: float = Field(default=30.0, ge=0)
 
     @field_validator("prefix")
     @classmethod

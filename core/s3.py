@@ -3,7 +3,7 @@
 One `S3Connection` says where S3 is (endpoint and region from `[store] s3_endpoint_url` /
 `s3_region`, keys from the environment through `Secrets`); `client()` builds the boto3 client.
 boto3 is imported only then, so nothing of core needs it unless S3 is configured, and a missing
-boto3 is a `ConfigError` with the install line. Clients are made once per process: a forked
+boto3 is a `ConfigError` with the install line. Clients are made once per connection and process: a forked
 ingest worker builds its own rather than sharing the parent's sockets.
 """
 
@@ -19,8 +19,7 @@ from core.errors import ConfigError
 
 S3_SCHEME = "s3://"
 
-_clients: dict[tuple[int, S3Connection], Any] = {}
-_clients_lock = threading.Lock()
+_clients_lock = threading.Lock()  # guards each connection's client cache
 
 
 def split_s3_url(url: str) -> tuple[str, str]:
@@ -63,6 +62,13 @@ class S3Connection:
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     max_pool_connections: int = 16
+    # Clients made by this process, by kind; not pickled (a worker process makes its own).
+    _clients: dict[tuple[int, str], Any] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_clients": {}}
 
     @classmethod
     def from_settings(
@@ -78,11 +84,20 @@ class S3Connection:
 
     def client(self) -> Any:
         """The boto3 S3 client of this process for this connection (thread-safe to share)."""
-        key = (os.getpid(), self)
+        return self._client("main", {"max_pool_connections": self.max_pool_connections})
+
+    def probe_client(self) -> Any:
+        """A client that gives up fast (short timeouts, no retries): for health checks."""
+        return self._client(
+            "probe", {"connect_timeout": 2, "read_timeout": 3, "retries": {"max_attempts": 1}}
+        )
+
+    def _client(self, kind: str, options: dict[str, Any]) -> Any:
+        key = (os.getpid(), kind)
         with _clients_lock:
-            client = _clients.get(key)
+            client = self._clients.get(key)
             if client is None:
-                client = _clients[key] = self._new_client()
+                client = self._clients[key] = self._new_client(options)
             return client
 
     def presigned_url(self, bucket: str, key: str, *, seconds: int) -> str:
@@ -91,13 +106,13 @@ class S3Connection:
             "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds
         )
 
-    def _new_client(self) -> Any:
+    def _new_client(self, options: dict[str, Any]) -> Any:
         try:
             import boto3
             from botocore.config import Config
         except ImportError:
             raise ConfigError("S3 needs boto3: pip install 'search-all[s3]'") from None
-        options: dict[str, Any] = {"max_pool_connections": self.max_pool_connections}
+        options = dict(options)
         if self.endpoint_url:  # S3-compatible servers (MinIO, moto, ...) want path-style URLs
             options["s3"] = {"addressing_style": "path"}
         return boto3.session.Session().client(

@@ -71,7 +71,11 @@ def pending_refs(source: Source, store: VectorStore) -> tuple[list[ItemRef], int
 
 
 def _records(
-    batch: PreparedBatch, encoder: Encoder, source_name: str, uploader: ImageUploader | None
+    batch: PreparedBatch,
+    encoder: Encoder,
+    source_name: str,
+    uploader: ImageUploader | None,
+    keep_jpeg: bool,
 ) -> list[Record]:
     uploads = uploader.submit(batch.jpegs) if uploader else None  # run while the model does
     vectors = encoder.forward("image", batch.pixels)
@@ -82,7 +86,8 @@ def _records(
             embedding=vector,
             text=ref.text,
             source=source_name,
-            image_jpeg=None if key else jpeg,  # on S3: the dataset keeps the key, not the bytes
+            # On S3 the dataset keeps the key, and a copy (keep_jpeg) for when S3 is down.
+            image_jpeg=jpeg if keep_jpeg or not key else None,
             s3_key=key,
             width=width,
             height=height,
@@ -101,6 +106,7 @@ def ingest(
     batch_size: int = 16,
     workers: int = 0,
     uploader: ImageUploader | None = None,
+    keep_jpeg: bool = True,
     progress: bool = True,
 ) -> IngestSummary:
     """Index every image of `source` not yet in `store` (see the module docstring)."""
@@ -115,7 +121,7 @@ def ingest(
                 log.warning("skipping %s: %s", ref.id, reason)
             summary.failed += len(batch.failures)
             if batch.refs:
-                records = _records(batch, encoder, source.name, uploader)
+                records = _records(batch, encoder, source.name, uploader, keep_jpeg)
                 summary.added += store.append(records)
                 summary.uploaded += sum(1 for r in records if r.s3_key)
                 log.info("committed %d records (%d in the dataset)", len(records), store.info.rows)

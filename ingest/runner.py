@@ -88,6 +88,7 @@ def run_ingest(
             batch_size=batch_size or settings.ingest.batch_size,
             workers=settings.ingest.workers if workers is None else workers,
             uploader=uploader,
+            keep_jpeg=settings.s3.keep_in_dataset,
             progress=progress,
         )
         index = refresh_index(store, summary.added, settings.store)

@@ -10,16 +10,18 @@ import urllib.request
 import pytest
 
 from bot.cli import main
-from core.config import ModelSettings, S3Settings, Settings, StoreSettings
+from core.app import open_search_service
+from core.config import ModelSettings, S3Settings, Secrets, Settings, StoreSettings
 from core.deeplake_store import DeepLakeStore
 from core.errors import ConfigError
 from core.s3 import S3Connection
+from core.query import Query, Term
 from core.urls import ImageLocator
 from ingest.runner import run_ingest
 from ingest.sources import parse_source
 from tests.ingest_helpers import image_folder, rows_by_id
 from tests.media_factory import make_picture
-from tests.s3_server import ACCESS_KEY, REGION, SECRET_KEY
+from tests.s3_server import ACCESS_KEY, REGION, SECRET_KEY, free_port
 
 pytestmark = pytest.mark.usefixtures("s3_env")
 
@@ -89,7 +91,7 @@ def test_uploaded_images_have_their_type_and_a_working_url(s3_server, tmp_path, 
     for id_ in ids:
         row = rows[id_]
         assert row.s3_key.startswith("pics/") and row.s3_key.endswith(".jpg")
-        assert row.image == b""  # not kept in the dataset
+        assert row.image[:3] == b"\xff\xd8\xff"  # a copy kept for when S3 is down
         head = client.head_object(Bucket=bucket, Key=row.s3_key)
         assert head["ContentType"] == "image/jpeg"
         body = client.get_object(Bucket=bucket, Key=row.s3_key)["Body"].read()
@@ -143,3 +145,46 @@ def test_dataset_on_s3_is_written_resumed_and_searched(s3_server, tmp_path, caps
     assert sorted(rows_by_id(dataset, creds(s3_server))) == ids
     assert main(["search", *common, "--image", str(root / ids[2]), "--json", "--limit", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["hits"][0]["id"] == ids[2]
+
+
+async def test_replies_fall_back_to_the_dataset_while_s3_is_down(s3_server, tmp_path):
+    bucket = s3_server.new_bucket("fallback")
+    root = tmp_path / "images"
+    ids = image_folder(root, 4)
+    dataset = str(tmp_path / "ds")
+    settings = settings_for(
+        s3_server, dataset, bucket=bucket, upload_images=True, url_mode="presigned", health_check_seconds=3600
+    )
+    run_ingest(settings, f"folder:{root}", workers=0, progress=False)
+    picture = (root / ids[0]).read_bytes()
+    query = Query((Term("image", picture),), limit=1)
+
+    async with open_search_service(settings, progress=False) as service:
+        assert await service.locator.health.check()
+        [item] = (await service.search(query)).items
+        assert item.url.startswith(s3_server.endpoint_url) and fetch(item.url) == picture
+
+    dead = settings.model_copy(
+        update={"store": settings.store.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{free_port()}"})}
+    )
+    async with open_search_service(dead, progress=False) as service:
+        assert not await service.locator.health.check()
+        [item] = (await service.search(query)).items
+        assert item.url is None and await service.image_bytes(item) == picture
+        # S3 answers again (here: the health check is pointed at the live server): links return
+        service.locator.health.connection = S3Connection.from_settings(settings.store, Secrets.from_env())
+        assert await service.locator.health.check()
+        [item] = (await service.search(query)).items
+        assert item.url is not None
+
+
+def test_uploaded_images_can_live_only_on_s3(s3_server, tmp_path):
+    bucket = s3_server.new_bucket("only")
+    root = tmp_path / "images"
+    image_folder(root, 2)
+    dataset = str(tmp_path / "ds")
+    settings = settings_for(
+        s3_server, dataset, bucket=bucket, upload_images=True, url_mode="presigned", keep_in_dataset=False
+    )
+    run_ingest(settings, f"folder:{root}", workers=0, progress=False)
+    assert {row.image for row in rows_by_id(dataset).values()} == {b""}
