@@ -54,6 +54,13 @@ def discord_endpoints(api_base_url: str, gateway_url: str) -> Iterator[None]:
         route.BASE, websocket.DEFAULT_GATEWAY = saved
 
 
+def with_filter_words(query: str | None, include: str | None, exclude: str | None) -> str | None:
+    """The `filter` / `exclude` options written into the query text as filter words."""
+    words = [f'{sign}filter:"{w.replace(chr(34), "").strip()}"'
+             for sign, w in (("", include), ("-", exclude)) if w and w.replace(chr(34), "").strip()]
+    return " ".join([query or "", *words]).strip() or query
+
+
 class SearchCog(commands.Cog):
     """The application commands; each hands its interaction to `DiscordSearch`."""
 
@@ -79,6 +86,8 @@ class SearchCog(commands.Cog):
         image="an image to find similar images to",
         audio="a voice message or sound to search with",
         limit="how many results (1-10)",
+        filter="only images whose prompt contains this word or phrase",
+        exclude="leave out images whose prompt contains this word or phrase",
     )
     async def search_command(
         self,
@@ -87,7 +96,10 @@ class SearchCog(commands.Cog):
         image: discord.Attachment | None = None,
         audio: discord.Attachment | None = None,
         limit: app_commands.Range[int, 1, 10] | None = None,
+        filter: str | None = None,
+        exclude: str | None = None,
     ) -> None:
+        query = with_filter_words(query, filter, exclude)
         await self.search.slash(interaction, query=query, image=image, audio=audio, limit=limit)
 
     async def with_image(self, interaction: discord.Interaction, message: discord.Message) -> None:

@@ -240,6 +240,23 @@ async def test_slash_command_with_text_defers_at_once_then_follows_up_with_the_r
     assert len(posted.embeds) == LIMIT and len(posted.files) == LIMIT
 
 
+async def test_filter_and_exclude_options_filter_by_prompt(fake, runner):
+    # The folder-built dataset has no prompts: a required word matches nothing, an excluded one
+    # leaves every image in.
+    for options, expected_text in (
+        ({"query": "a red circle", "filter": "zebra"}, 'a red circle filter:"zebra"'),
+        ({"query": "a red circle", "exclude": '"zebra"'}, 'a red circle -filter:"zebra"'),
+    ):
+        interaction = await fake.slash_command(fake.snowflake(), options)
+        posted = await answer_to(fake, interaction)
+        expected = await runner.service.search(text_query(expected_text))
+        if expected.items:
+            await assert_shows(runner.service, posted, expected)
+        else:
+            assert "Nothing found" in posted.content
+    assert len(expected.items) == LIMIT
+
+
 async def test_slash_command_with_an_image_downloads_it_from_the_cdn_after_the_ack(fake, runner):
     picture = make_picture(5, "PNG")
     image = fake.upload("query.png", picture, "image/png")
@@ -532,7 +549,8 @@ async def test_commands_are_registered_only_with_sync(fake, runner):
     commands = {(c["name"], c.get("type", 1)): c for c in fake.commands["global"]}
     assert set(commands) == {("search", 1), (IMAGE_MENU, 3), (AUDIO_MENU, 3)}
     options = {o["name"]: o for o in commands[("search", 1)]["options"]}
-    assert {name: o["type"] for name, o in options.items()} == {"query": 3, "image": 11, "audio": 11, "limit": 4}
+    assert {name: o["type"] for name, o in options.items()} == {
+        "query": 3, "image": 11, "audio": 11, "limit": 4, "filter": 3, "exclude": 3}
     assert (options["limit"]["min_value"], options["limit"]["max_value"]) == (1, 10)
     assert not any(o.get("required") for o in options.values())
 
