@@ -23,7 +23,7 @@ COPY pyproject.toml README.md ./
 COPY core ./core
 COPY ingest ./ingest
 COPY bot ./bot
-RUN /opt/venv/bin/pip install ".[discord,slack,s3,ingest,asr]"
+RUN /opt/venv/bin/pip install ".[discord,slack,s3,ingest]"
 
 FROM base
 ENV PATH=/opt/venv/bin:$PATH \

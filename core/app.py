@@ -8,6 +8,7 @@ mismatch fails before seconds (or a 4.8 GB download) are spent on the model.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -16,9 +17,14 @@ from core.deeplake_store import DeepLakeStore
 from core.encoder import Encoder
 from core.errors import ModelMismatchError
 from core.imagebind.configs import get_config
+from core.metrics import Metrics
+from core.page_memory import PageMemory
 from core.service import SearchService
+from core.speech import speech_policy
 from core.urls import ImageLocator
 from core.worker import EncoderWorker
+
+log = logging.getLogger(__name__)
 
 
 def store_creds(settings: Settings, secrets: Secrets) -> dict[str, str] | None:
@@ -63,10 +69,50 @@ async def open_search_service(
                 max_batch_size=settings.encoder.max_batch_size,
             )
         )
-        yield SearchService(
+        pages = PageMemory(
+            settings.search.page_memory_path or settings.model.cache_dir / "pages.sqlite",
+            max_age_days=settings.search.page_memory_days,
+        )
+        stack.callback(pages.close)
+        metrics = Metrics()
+        metrics.watch_batches(lambda: worker.batch_sizes)
+        service = SearchService(
             worker,
             store,
             settings.search,
-            locator=ImageLocator(settings.images.public_base_url),
+            locator=ImageLocator.from_settings(settings, secrets),
             text_cache_size=settings.encoder.text_cache_size,
+            # The tiny model's random weights give scores that mean nothing: no cut-offs.
+            cutoffs=None if settings.model.name == "tiny" else settings.search.cutoffs,
+            pages=pages,
+            metrics=metrics,
+            # Voice read as speech (docs/speech.md); the recogniser loads on the first clip.
+            audio=speech_policy(settings.speech, settings.limits),
         )
+        health = service.locator.health
+        if health is not None:
+            watcher = asyncio.create_task(health.watch(settings.s3.health_check_seconds))
+            stack.push_async_callback(_cancel, watcher)
+        if settings.ops.refresh_seconds > 0:
+            refresher = asyncio.create_task(refresh_forever(service, settings.ops.refresh_seconds))
+            stack.push_async_callback(_cancel, refresher)
+        yield service
+
+
+async def refresh_forever(service: SearchService, every_s: float) -> None:
+    """Pick up what an ingest appends while the bot runs; a failed refresh is retried later."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            if await service.refresh():
+                log.info("dataset refreshed: %d rows", service.store.info.rows)
+        except Exception:
+            log.exception("refreshing the dataset failed; keeping the rows already loaded")
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
