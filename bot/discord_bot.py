@@ -28,6 +28,7 @@ from bot.actions import Action
 from bot.discord_buttons import ActionButton
 from bot.discord_handlers import DiscordSearch
 from bot.messages import user_message
+from bot.ops_server import serve_ops
 from core.config import Secrets, Settings
 from core.service import SearchService
 
@@ -160,9 +161,10 @@ async def open_discord_bot(
 
 
 async def serve_discord(settings: Settings, service: SearchService, token: str, *, sync: bool = False) -> None:
-    """Run the bot until it is closed."""
-    async with open_discord_bot(settings, service, sync=sync) as bot:
-        await bot.start(token)
+    """Run the bot, with /healthz and /metrics on `[ops] health_host:health_port`, until it is closed."""
+    async with serve_ops(service, settings.ops.health_host, settings.ops.health_port):
+        async with open_discord_bot(settings, service, sync=sync) as bot:
+            await bot.start(token)
 
 
 def run_discord(settings: Settings, secrets: Secrets, *, sync: bool) -> None:

@@ -42,6 +42,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.actions import MoreLikeThis, decode_action, run_action
 from bot.inputs import build_query
 from bot.messages import NotAllowedHereError, user_message
+from bot.ops_server import serve_ops
 from bot.ratelimit import RateLimiter
 from bot.reply import ReplyImage, build_reply, shorten
 from bot.slack_dedupe import RecentKeys
@@ -354,19 +355,29 @@ async def running_slack_bot(
 
 
 async def serve_slack(
-    settings: Settings, secrets: Secrets, *, socket_mode: bool, stop: asyncio.Event
+    settings: Settings,
+    secrets: Secrets,
+    *,
+    socket_mode: bool,
+    stop: asyncio.Event,
+    on_ready: Callable[[SlackBot], None] | None = None,
 ) -> None:
-    """Open the search service, run the bot until `stop` is set."""
+    """Open the search service, run the bot until `stop` is set; /healthz and /metrics are served
+    on `[ops] health_host:health_port` (0: not served) once the bot listens or is connected.
+    `on_ready` gets the bot then (in HTTP mode, `bot.address` is where it listens)."""
     from core.app import open_search_service
 
     async with open_search_service(settings, secrets=secrets) as service:
         async with running_slack_bot(service, settings, secrets, socket_mode=socket_mode) as bot:
-            if bot.address:
-                where = f"listening on http://{bot.address[0]}:{bot.address[1]}{EVENTS_PATH}"
-            else:
-                where = "connected with Socket Mode"
-            print(f"Search All Slack bot: {where} (Ctrl+C stops)", flush=True)
-            await stop.wait()
+            async with serve_ops(service, settings.ops.health_host, settings.ops.health_port):
+                if bot.address:
+                    where = f"listening on http://{bot.address[0]}:{bot.address[1]}{EVENTS_PATH}"
+                else:
+                    where = "connected with Socket Mode"
+                print(f"Search All Slack bot: {where} (Ctrl+C stops)", flush=True)
+                if on_ready is not None:
+                    on_ready(bot)
+                await stop.wait()
 
 
 def wants_socket_mode(settings: Settings, flag: bool) -> bool:

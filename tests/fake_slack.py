@@ -45,6 +45,7 @@ class ApiCall:
     params: dict[str, Any]
     token: str | None
     status: int
+    at: float = field(default_factory=time.perf_counter)  # when the fake received it
 
 
 @dataclass(frozen=True)

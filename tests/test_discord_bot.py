@@ -35,6 +35,7 @@ from tests.fake_discord import (
     Interaction,
     Posted,
 )
+from tests.bad_inputs import CASE_IDS, CASES, TOO_MANY_FILES, says
 from tests.media_factory import make_audio, make_picture, random_bytes
 from tests.speech_fixtures import clips
 
@@ -538,6 +539,39 @@ async def test_a_channel_outside_the_allow_list_is_refused(fake, runner):
     await fake.send_message(here)
     await reply_to(fake, here)
     assert fake.replies_to(elsewhere) == []
+
+
+# --------------------------------------------------------------------------- the bad-input corpus
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+async def test_each_bad_input_gets_a_clear_reply(fake, runner, dm_users, case):
+    """Text as /search's query, one file in its image or audio slot, many files in a DM."""
+    # A new user each time (this is not the rate limit's test); the DM's user is allowed there.
+    user = dm_users[2] if case.kind == "count" else fake.snowflake()
+    uploads = [fake.upload(case.filename, case.data, case.mimetype, size=case.declared_size)
+               for _ in range(TOO_MANY_FILES if case.kind == "count" else int(case.kind != "text"))]
+    if case.kind == "count":
+        message = fake.user_message(user, "", attachments=uploads, dm=True)
+        await fake.send_message(message)
+        answer = await reply_to(fake, message)  # a message gets a reply, errors too
+    else:
+        options = {"query": case.text} if case.kind == "text" and case.text else {}
+        slot = {case.kind: uploads[0]} if uploads else None
+        answer = await answer_to(fake, await fake.slash_command(user, options, attachments=slot))
+        assert answer.ephemeral == (not case.searchable)
+    if case.searchable:
+        expected = await runner.service.search(media_query(case.kind, case.same_as or case.data, case.filename))
+        await assert_shows(runner.service, answer, expected)
+    else:
+        assert not answer.embeds and says(answer.content, case.expected(runner.settings)), answer.content
+    if case.declared_size is not None:
+        assert fake.cdn_gets(uploads[0]) == []  # refused from its declared size, not downloaded
+
+
+async def test_after_the_corpus_the_bot_still_searches(fake, runner):
+    posted = await answer_to(fake, await fake.slash_command(fake.snowflake(), {"query": "a white cloud"}))
+    await assert_shows(runner.service, posted, await runner.service.search(text_query("a white cloud")))
 
 
 # --------------------------------------------------------------------------- startup

@@ -4,23 +4,25 @@ import asyncio
 import io
 import json
 import logging
+import socket
 import time
 
 import aiohttp
-import numpy as np
 import pytest
 
 from aiohttp import web
 
 from bot.ops_server import ops_app, serve_ops
+from bot.slack_bot import SlackBot, serve_slack
 from core.app import open_search_service
-from core.config import Settings
+from core.config import Secrets, Settings
 from core.deeplake_store import DeepLakeStore
 from core.encoder import Encoder
 from core.errors import UnsupportedMediaError
 from core.logs import setup_logging
 from core.query import Query, Term
 from core.store import Record
+from tests.fake_slack import FakeSlack, command_body, event_payload, message_event, signed_headers
 from tests.media_factory import make_picture
 
 
@@ -112,3 +114,62 @@ def test_logs_never_contain_a_secret(fmt):
         lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
         assert lines[0]["level"] == "info" and lines[0]["logger"] == "search_all.test"
         assert "exception" in lines[1]
+
+
+def free_port() -> int:
+    """A port nobody listens on now, on 127.0.0.1 (the ops endpoint needs a number: 0 is off)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def test_a_running_slack_bot_serves_health_and_metrics_of_the_searches_it_answered(dataset):
+    """`serve_slack` (what `search-all bot slack` runs) with `[ops] health_port` set: /healthz
+    answers 200 while it runs and /metrics counts the searches it served, failed ones too;
+    the endpoint closes with the bot."""
+    secrets = Secrets(slack_bot_token="xoxb-ops-test", slack_signing_secret="ops-signing-secret")
+    async with FakeSlack(bot_token="xoxb-ops-test") as fake, aiohttp.ClientSession() as http:
+        ops_port = free_port()
+        settings = Settings.model_validate({
+            "model": {"name": "tiny"}, "store": {"dataset": dataset}, "speech": {"engine": "none"},
+            "slack": {"api_base_url": fake.api_url, "host": "127.0.0.1", "port": 0, "file_hosts": [fake.host]},
+            "ops": {"health_host": "127.0.0.1", "health_port": ops_port, "refresh_seconds": 0},
+        })
+        ready: asyncio.Future[SlackBot] = asyncio.get_running_loop().create_future()
+        stop = asyncio.Event()
+        serving = asyncio.create_task(
+            serve_slack(settings, secrets, socket_mode=False, stop=stop, on_ready=ready.set_result))
+        try:
+            done, _ = await asyncio.wait({serving, ready}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+            assert ready in done, serving.exception() if serving.done() else "the bot did not start"
+            bot = ready.result()
+            events = f"http://127.0.0.1:{bot.address[1]}/slack/events"
+            for text in ("a red circle", "a blue square"):
+                body = command_body(text, user="U0OPS", channel="C0OPS", response_url=fake.response_url("ops"))
+                headers = {"Content-Type": "application/x-www-form-urlencoded",
+                           **signed_headers("ops-signing-secret", body)}
+                async with http.post(events, data=body.encode(), headers=headers) as response:
+                    assert response.status == 200
+            picture = fake.add_file("notes.png", b"not a picture", "image/png")
+            event = event_payload(message_event("message", "", user="U0OPS", channel="D0OPS",
+                                                ts="1700000000.000001", files=[picture]), event_id="Ev0OPS1")
+            body = json.dumps(event)
+            headers = {"Content-Type": "application/json", **signed_headers("ops-signing-secret", body)}
+            async with http.post(events, data=body.encode(), headers=headers) as response:
+                assert response.status == 200
+            await fake.wait_for_calls("chat.postMessage", 2)
+            await fake.wait_for_calls("chat.postEphemeral", 1)
+            await bot.drain()
+            async with http.get(f"http://127.0.0.1:{ops_port}/healthz") as response:
+                assert response.status == 200
+                assert (await response.json())["rows"] == 6
+            async with http.get(f"http://127.0.0.1:{ops_port}/metrics") as response:
+                metrics = await response.text()
+        finally:
+            stop.set()
+            await asyncio.wait_for(serving, 30)
+        assert 'search_all_searches_total{kind="search",modalities="text"} 2.0' in metrics
+        assert 'search_all_errors_total{error="UnsupportedMediaError"} 1.0' in metrics
+        with pytest.raises(aiohttp.ClientConnectionError):
+            async with http.get(f"http://127.0.0.1:{ops_port}/healthz"):
+                pass

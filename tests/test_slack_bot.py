@@ -120,6 +120,8 @@ def make_settings(
                 **slack,
             },
             "bot": bot or {},
+            # No health endpoint unless a test asks for one (its default binds 0.0.0.0:9090).
+            "ops": {"health_port": 0, **raw.get("ops", {})},
         }
     )
 

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from bot.inputs import Attachment, build_query, unsupported
+from bot.inputs import Attachment, build_query, media_kind, unsupported
 from bot.messages import user_message
 from bot.reply import build_reply
 from bot.web import bind_warning, image_url, reply_json, running_web, serve_web
@@ -26,6 +26,7 @@ from core.deeplake_store import DeepLakeStore
 from core.encoder import Encoder
 from core.service import ResultItem, SearchResult
 from core.store import Record
+from tests.bad_inputs import CASE_IDS, CASES, TOO_MANY_FILES, BadInput, ZeroStream, says
 from tests.media_factory import make_audio, make_picture
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -299,3 +300,40 @@ async def test_serve_web_runs_until_stopped(collection, capsys):
         stop.set()
         await asyncio.wait_for(task, 30)
     assert f"open {url}/" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- the bad-input corpus
+
+
+def corpus_form(case: BadInput) -> aiohttp.FormData:
+    """What the page sends for a corpus case; the 30 MB file is streamed, never held whole."""
+    if case.kind == "text":
+        return form(case.text)
+    data = ZeroStream(case.declared_size) if case.declared_size is not None else case.data
+    field = "image" if case.kind == "count" else case.kind
+    copies = TOO_MANY_FILES if case.kind == "count" else 1
+    return form(files=tuple((field, case.filename, data, case.mimetype) for _ in range(copies)))
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+async def test_each_bad_input_gets_a_clear_error(server, collection, case):
+    service, session = server
+    settings, _ = collection
+    status, body = await post_search(session, corpus_form(case))
+    if case.searchable:
+        assert status == 200, body
+        kind = media_kind(case.filename, case.mimetype)
+        _, reply = await expected_reply(service, settings, "", [Attachment(kind, case.same_as or case.data, "x")])
+        assert shown(body) == expected_shown(reply) and reply.images
+    else:
+        assert status in (400, 413), body
+        assert says(body["error"], case.expected(settings)), body["error"]
+
+
+async def test_after_the_corpus_the_page_still_searches(server, collection):
+    service, session = server
+    settings, _ = collection
+    status, body = await post_search(session, form("a mountain lake"))
+    assert status == 200, body
+    _, reply = await expected_reply(service, settings, "a mountain lake")
+    assert shown(body) == expected_shown(reply) and reply.images

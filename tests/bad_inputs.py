@@ -1,0 +1,238 @@
+"""The bad-input corpus: what users send that cannot be searched, defined once.
+
+Every front end runs it (the core in tests/test_bad_inputs.py, the Discord and Slack bots end to
+end, the web API): each case must get a reply that says what is wrong (its `expect` fragments,
+formatted with the limits in force), and the bot must keep serving afterwards. Two cases are
+searchable and must give ordinary results: an animated GIF (its first frame is searched, as
+`core.media.image.decode_image` documents) and a silent clip (searched as a sound: no speech).
+
+Everything is made in code and small. Two cases stand for large files without being large:
+the 30 MB file declares its size (the chat platforms send it with the attachment, so the bots
+refuse it before downloading; the web API gets a stream of zeros; the core gets the bytes, made
+once per run), and the two-hour voice message is a 1 s Ogg/Opus clip whose last page says it
+ends after 2 h (FFmpeg reads the duration from there, and so does the decoder's limit check).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from core.config import Settings
+from core.media.sizes import human_bytes
+from tests import media_factory as mf
+
+Kind = Literal["image", "audio", "text", "count"]
+BLUE, RED = (0, 0, 255), (255, 0, 0)
+TOO_MANY_FILES = 11
+HUGE_FILE_BYTES = 30_000_000
+TWO_HOURS = 7200.0
+
+
+@dataclass(frozen=True)
+class BadInput:
+    """One thing a user may send.
+
+    kind: "image" / "audio": one attachment (the slot it is sent in where a front end has
+    slots); "text": the query text; "count": `TOO_MANY_FILES` copies of the attachment.
+    expect: fragments the reply must contain (all of them, case-insensitive), `{name}` fields
+    filled by `expected(settings)`; empty: the input is searchable and gets results.
+    same_as: for a searchable input, an input that must give the same results (as a PNG).
+    declared_size: the size the platform announces, when it is not `len(data)`.
+    """
+
+    name: str
+    kind: Kind
+    data: bytes = b""
+    text: str = ""
+    mimetype: str = ""
+    filename: str = ""
+    expect: tuple[str, ...] = ()
+    same_as: bytes | None = None
+    declared_size: int | None = None
+
+    @property
+    def searchable(self) -> bool:
+        return not self.expect
+
+    @property
+    def size(self) -> int:
+        return len(self.data) if self.declared_size is None else self.declared_size
+
+    def full_data(self) -> bytes:
+        """The bytes as a front end that does not look at sizes would receive them."""
+        return huge_file(self.declared_size) if self.declared_size is not None else self.data
+
+    def expected(self, settings: Settings) -> tuple[str, ...]:
+        limits = settings.limits
+        values = {
+            "max_file": human_bytes(limits.max_file_bytes),
+            "max_pixels": megapixels(limits.max_image_pixels),
+            "min_audio": f"{limits.min_audio_seconds:g} s",
+            "max_audio": f"{limits.max_audio_seconds:g} s",
+            "max_chars": str(limits.max_query_chars),
+            "max_attachments": str(settings.bot.max_attachments),
+        }
+        return tuple(fragment.format(**values) for fragment in self.expect)
+
+
+def megapixels(pixels: int) -> str:
+    return f"{pixels / 1_000_000:.3g} MP"
+
+
+def says(reply: str, fragments: tuple[str, ...]) -> bool:
+    """Whether `reply` contains every fragment (case-insensitive)."""
+    return all(fragment.lower() in reply.lower() for fragment in fragments)
+
+
+@functools.cache
+def huge_file(size: int) -> bytes:
+    """`size` zero bytes, made once per run whoever asks."""
+    return bytes(size)
+
+
+class ZeroStream(io.RawIOBase):
+    """`size` zero bytes read in chunks, never held whole (an upload of a huge file)."""
+
+    def __init__(self, size: int):
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        count = min(len(buffer), self.left)
+        buffer[:count] = bytes(count)
+        self.left -= count
+        return count
+
+
+# --------------------------------------------------------------------------- makers
+
+
+def corrupt_jpeg() -> bytes:
+    """A JPEG whose frame header (SOF0: size, components) is overwritten with 0xFF bytes."""
+    data = bytearray(mf.make_jpeg(120, 90, seed=1))
+    sof = data.find(b"\xff\xc0")
+    data[sof + 2 : sof + 12] = b"\xff" * 10
+    return bytes(data)
+
+
+def corrupt_png() -> bytes:
+    """A PNG with 40 random bytes inside its compressed pixel data (IDAT)."""
+    data = bytearray(mf.make_png(120, 90, seed=1))
+    idat = data.find(b"IDAT")
+    data[idat + 20 : idat + 60] = mf.random_bytes(40, seed=4)
+    return bytes(data)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+@functools.cache
+def black_and_white_png(width: int, height: int) -> bytes:
+    """A real 1-bit greyscale PNG of `width` x `height` black pixels, compressed row by row
+    (20k x 20k is about 50 KB): never held as pixels."""
+    row = b"\x00" + bytes((width + 7) // 8)  # filter byte, then the packed pixels
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    chunks = _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+def _ogg_crc_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) if crc & 0x80000000 else crc << 1
+        table.append(crc & 0xFFFFFFFF)
+    return table
+
+
+_OGG_CRC = _ogg_crc_table()
+
+
+def ogg_crc(page: bytes) -> int:
+    """Ogg's page checksum (CRC-32, polynomial 0x04C11DB7, not reflected, initial 0)."""
+    crc = 0
+    for byte in page:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ _OGG_CRC[((crc >> 24) ^ byte) & 0xFF]
+    return crc
+
+
+def voice_message_claiming(seconds: float) -> bytes:
+    """A 1 s Ogg/Opus voice message whose last page's granule position says it lasts `seconds`
+    (Opus counts 48 kHz samples from the stream's pre-skip); the page checksum is redone."""
+    data = bytearray(mf.make_audio("ogg", 1.0))
+    page = data.rfind(b"OggS")
+    segments = data[page + 26]
+    end = page + 27 + segments + sum(data[page + 27 : page + 27 + segments])
+    assert end == len(data), "the last Ogg page should end the file"
+    head = data.find(b"OpusHead")
+    pre_skip = struct.unpack("<H", data[head + 10 : head + 12])[0]
+    data[page + 6 : page + 14] = struct.pack("<q", int(seconds * 48_000) + pre_skip)
+    data[page + 22 : page + 26] = bytes(4)
+    data[page + 22 : page + 26] = struct.pack("<I", ogg_crc(bytes(data[page:end])))
+    return bytes(data)
+
+
+# --------------------------------------------------------------------------- the corpus
+
+DAMAGED = "damaged or incomplete"
+NOT_AN_IMAGE = "not an image I can read"
+NOT_AUDIO = "not an audio clip I can read"
+NOT_MEDIA = "is not an image or audio clip"
+
+
+def _cases() -> Iterator[BadInput]:
+    jpeg, png = mf.make_jpeg(120, 90, seed=1), mf.make_png(120, 90, seed=1)
+    yield BadInput("jpeg-truncated", "image", mf.truncated(jpeg, 0.5), mimetype="image/jpeg",
+                   filename="photo.jpg", expect=(DAMAGED,))
+    yield BadInput("jpeg-corrupt", "image", corrupt_jpeg(), mimetype="image/jpeg", filename="photo.jpg",
+                   expect=(DAMAGED,))
+    yield BadInput("png-truncated", "image", mf.truncated(png, 0.5), mimetype="image/png",
+                   filename="drawing.png", expect=(DAMAGED,))
+    yield BadInput("png-corrupt", "image", corrupt_png(), mimetype="image/png", filename="drawing.png",
+                   expect=(DAMAGED,))
+    yield BadInput("decompression-bomb", "image", mf.make_png_claiming_size(50_000, 50_000),
+                   mimetype="image/png", filename="bomb.png", expect=("2,500 MP", "the limit is {max_pixels}"))
+    yield BadInput("png-20000x20000", "image", black_and_white_png(20_000, 20_000), mimetype="image/png",
+                   filename="poster.png", expect=("400 MP", "the limit is {max_pixels}"))
+    first_frame = mf.encode(mf.solid_image(32, 32, BLUE), "PNG")
+    yield BadInput("gif-animated", "image", mf.make_animated_gif([BLUE, RED]), mimetype="image/gif",
+                   filename="party.gif", same_as=first_frame)
+    yield BadInput("text-named-png", "image", b"this is a text file, not a picture\n" * 5,
+                   mimetype="image/png", filename="notes.png", expect=(NOT_AN_IMAGE,))
+    yield BadInput("not-audio-as-audio", "audio", b"%PDF-1.4\n% a document, not a voice message\n" * 5,
+                   mimetype="audio/ogg", filename="voice-message.ogg", expect=(NOT_AUDIO,))
+    yield BadInput("audio-0.1s", "audio", mf.make_audio("ogg", 0.1), mimetype="audio/ogg",
+                   filename="voice-message.ogg", expect=("0.1 s long", "the minimum is {min_audio}"))
+    yield BadInput("audio-2h", "audio", voice_message_claiming(TWO_HOURS), mimetype="audio/ogg",
+                   filename="voice-message.ogg", expect=("7200 s long", "the limit is {max_audio}"))
+    yield BadInput("audio-silent", "audio", mf.make_audio("ogg", 2.0, kind="silence"), mimetype="audio/ogg",
+                   filename="voice-message.ogg")
+    yield BadInput("query-empty", "text", text="", expect=("is empty",))
+    yield BadInput("query-10000-chars", "text", text="a castle " * 1111 + "a",
+                   expect=("the limit is {max_chars}",))
+    yield BadInput("query-only-operators", "text", text="+ -", expect=("no words to search for",))
+    yield BadInput("attachments-11", "count", mf.make_picture(1), mimetype="image/jpeg", filename="photo.jpg",
+                   expect=("at most {max_attachments}",))
+    yield BadInput("mimetype-exe", "image", b"MZ\x90\x00" + bytes(60), mimetype="application/x-msdownload",
+                   filename="setup.exe", expect=("setup.exe", NOT_MEDIA))
+    yield BadInput("mimetype-avi", "audio", b"RIFF\x00\x00\x00\x00AVI LIST" + bytes(40),
+                   mimetype="video/x-msvideo", filename="clip.avi", expect=("clip.avi", NOT_MEDIA))
+    yield BadInput("file-30mb", "image", b"\x89PNG\r\n\x1a\n", mimetype="image/png", filename="huge.png",
+                   declared_size=HUGE_FILE_BYTES, expect=("limit", "{max_file}"))
+
+
+CASES: list[BadInput] = list(_cases())
+CASE_IDS = [case.name for case in CASES]
+assert len(set(CASE_IDS)) == len(CASES)
