@@ -21,13 +21,14 @@ from bot.reply import build_reply
 from bot.web import bind_warning, image_url, reply_json, running_web, serve_web
 from bot.web_form import max_body_bytes
 from core.app import open_search_service
-from core.config import Settings
+from core.config import Settings, SpeechSettings
 from core.deeplake_store import DeepLakeStore
 from core.encoder import Encoder
 from core.service import ResultItem, SearchResult
 from core.store import Record
 from tests.bad_inputs import CASE_IDS, CASES, TOO_MANY_FILES, BadInput, ZeroStream, says
 from tests.media_factory import make_audio, make_picture
+from tests.speech_fixtures import clip
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -337,3 +338,17 @@ async def test_after_the_corpus_the_page_still_searches(server, collection):
     assert status == 200, body
     _, reply = await expected_reply(service, settings, "a mountain lake")
     assert shown(body) == expected_shown(reply) and reply.images
+
+
+async def test_a_voice_note_shows_what_was_heard(collection):
+    settings, _ = collection
+    spoken = settings.model_copy(update={"speech": SpeechSettings(engine="pocketsphinx")})
+    voice = clip("red_car.ogg")
+    async with open_search_service(spoken, progress=False) as service:
+        async with running_web(service, spoken) as url:
+            async with aiohttp.ClientSession(url) as session:
+                data = form(files=(("audio", voice.file, voice.read(), "audio/ogg"),))
+                status, body = await post_search(session, data)
+    assert status == 200, body
+    assert body["heard"].startswith("heard: ")
+    assert all(word in body["heard"] for word in voice.key_words)
