@@ -67,8 +67,14 @@ def resolve_dtype(setting: str, device: torch.device, model_name: str) -> torch.
     return torch.float32
 
 
-def load_model(settings: ModelSettings, *, progress: bool = True) -> ImageBind:
-    """Build the named model with its weights (see the module docstring)."""
+def load_model(
+    settings: ModelSettings, *, progress: bool = True, dtype: torch.dtype | None = None
+) -> ImageBind:
+    """Build the named model with its weights (see the module docstring).
+
+    `dtype`: cast the checkpoint's weights while loading them, one tensor at a time, so that
+    bf16 or fp16 never holds the whole fp32 file in memory next to the cast copy.
+    """
     if settings.name == "tiny" and settings.checkpoint_path is None:
         log.warning("model 'tiny': random weights for tests and demos, results mean nothing")
         return build_imagebind("tiny")
@@ -86,7 +92,7 @@ def load_model(settings: ModelSettings, *, progress: bool = True) -> ImageBind:
             progress=progress,
         )
     )
-    state_dict = load_state_dict_file(path, keep_prefixes=TOWER_PREFIXES)
+    state_dict = load_state_dict_file(path, keep_prefixes=TOWER_PREFIXES, dtype=dtype)
     return load_into(build_imagebind(settings.name, device="meta"), state_dict)
 
 
@@ -109,7 +115,7 @@ class Encoder:
             torch.set_num_threads(settings.threads)
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device, settings.name)
-        model = load_model(settings, progress=progress)
+        model = load_model(settings, progress=progress, dtype=dtype)
         log.info("model %s on %s as %s", settings.name, device, dtype)
         return cls(model, settings.name, device, dtype, limits)
 

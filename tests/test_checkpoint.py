@@ -10,10 +10,14 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import json
 import logging
+import os
 import re
 import socket
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -398,6 +402,156 @@ def test_local_path(tmp_path: Path, served: Served) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Verifying a cached file once, not on every start
+
+
+@pytest.fixture
+def hashed(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The files fully hashed from now on (the real hash runs; the seam only counts)."""
+    calls: list[Path] = []
+    real = ckpt._sha256_file
+
+    def counting(path: Path) -> str:
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(ckpt, "_sha256_file", counting)
+    return calls
+
+
+def set_age(path: Path, seconds: float) -> None:
+    """Give `path` the mtime of a file last written `seconds` ago (as a real download is)."""
+    then = time.time_ns() - int(seconds * 1e9)
+    os.utime(path, ns=(then, then))
+
+
+def cached_copy(served: Served, cache: Path, *, age: float = 3600) -> tuple[Path, CheckpointSpec]:
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / FILENAME
+    path.write_bytes(served.payload)
+    set_age(path, age)
+    return path, served.spec(size=len(served.payload), sha256=sha256(served.payload))
+
+
+def test_unchanged_cached_file_is_hashed_once(
+    served: Served, tmp_path: Path, hashed: list[Path]
+) -> None:
+    path, spec = cached_copy(served, tmp_path)
+
+    for _ in range(3):
+        assert resolve_checkpoint(spec, cache_dir=tmp_path, progress=False) == path
+
+    assert hashed == [path]
+    stamp = json.loads((tmp_path / f"{FILENAME}.verified").read_text())
+    assert stamp["sha256"] == sha256(served.payload)
+    assert stamp["size"] == len(served.payload)
+    assert stamp["mtime_ns"] == path.stat().st_mtime_ns
+    assert served.gets() == []
+
+
+def test_file_modified_in_place_with_same_size_is_hashed_again_and_replaced(
+    served: Served, tmp_path: Path, hashed: list[Path]
+) -> None:
+    path, spec = cached_copy(served, tmp_path)
+    resolve_checkpoint(spec, cache_dir=tmp_path, progress=False)
+    assert len(hashed) == 1
+
+    with path.open("r+b") as handle:  # one flipped byte, same size
+        handle.seek(len(served.payload) // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    set_age(path, 1800)  # a new mtime, and old enough not to look "just written"
+    assert path.stat().st_size == len(served.payload)
+
+    assert resolve_checkpoint(spec, cache_dir=tmp_path, progress=False) == path
+
+    assert len(hashed) >= 2  # the change was noticed and the file read again
+    assert path.read_bytes() == served.payload  # rejected, downloaded again
+    assert len(served.gets()) == 1
+
+
+def test_restoring_the_old_mtime_does_not_hide_a_change(
+    served: Served, tmp_path: Path, hashed: list[Path]
+) -> None:
+    """`touch -d` can restore an mtime, not a ctime: the change is still seen."""
+    path, spec = cached_copy(served, tmp_path)
+    resolve_checkpoint(spec, cache_dir=tmp_path, progress=False)
+    old = path.stat()
+
+    damaged = bytearray(served.payload)
+    damaged[10] ^= 0xFF
+    with path.open("r+b") as handle:
+        handle.write(bytes(damaged))
+    os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+    while path.stat().st_ctime_ns == old.st_ctime_ns:  # still the clock tick of the record
+        os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert path.stat().st_mtime_ns == old.st_mtime_ns
+
+    resolve_checkpoint(spec, cache_dir=tmp_path, progress=False)
+    assert len(hashed) >= 2
+    assert path.read_bytes() == served.payload
+
+
+def test_a_replaced_file_is_hashed_again(
+    served: Served, tmp_path: Path, hashed: list[Path]
+) -> None:
+    path, spec = cached_copy(served, tmp_path)
+    resolve_checkpoint(spec, cache_dir=tmp_path, progress=False)
+    mtime = path.stat().st_mtime_ns
+    copy = tmp_path / "copy.tmp"
+    copy.write_bytes(served.payload)
+    os.utime(copy, ns=(mtime, mtime))
+    os.replace(copy, path)  # same bytes, size and mtime; another inode
+
+    assert resolve_checkpoint(spec, cache_dir=tmp_path, progress=False) == path
+    assert hashed == [path, path]
+    assert served.gets() == []
+
+
+def test_a_just_written_file_is_not_trusted_from_its_record(
+    served: Served, tmp_path: Path, hashed: list[Path]
+) -> None:
+    """A change made within the filesystem's clock tick of the hash could keep its mtime, so a
+    file whose mtime is not clearly older than the hash is not vouched for (here: in the future,
+    which no delay of a loaded machine can turn into "older")."""
+    path, spec = cached_copy(served, tmp_path, age=-60)
+
+    resolve_checkpoint(spec, cache_dir=tmp_path, progress=False)
+    resolve_checkpoint(spec, cache_dir=tmp_path, progress=False)
+
+    assert hashed == [path, path]
+    assert not (tmp_path / f"{FILENAME}.verified").exists()
+
+
+def test_an_unreadable_record_means_hashing_again(
+    served: Served, tmp_path: Path, hashed: list[Path]
+) -> None:
+    path, spec = cached_copy(served, tmp_path)
+    record = tmp_path / f"{FILENAME}.verified"
+    for content in ("not json", "[1, 2]", '{"sha256": 5}'):
+        record.write_text(content)
+        assert resolve_checkpoint(spec, cache_dir=tmp_path, progress=False) == path
+    assert len(hashed) == 3
+    assert json.loads(record.read_text())["sha256"] == sha256(served.payload)
+    assert resolve_checkpoint(spec, cache_dir=tmp_path, progress=False) == path
+    assert len(hashed) == 3
+
+
+def test_a_record_for_another_digest_is_not_trusted(
+    served: Served, tmp_path: Path, hashed: list[Path]
+) -> None:
+    """The record vouches for one digest; a registry that expects another hashes again."""
+    path, spec = cached_copy(served, tmp_path)
+    resolve_checkpoint(spec, cache_dir=tmp_path, progress=False)
+    other = served.spec(size=len(served.payload), sha256="0" * 64)
+
+    with pytest.raises(CheckpointError):
+        resolve_checkpoint(other, cache_dir=tmp_path, progress=False)
+    assert len(hashed) >= 2
+
+
+# --------------------------------------------------------------------------------------------
 # Loading
 
 
@@ -458,6 +612,61 @@ def test_not_a_state_dict_or_wrong_model(tmp_path: Path) -> None:
         load_state_dict_file(path, keep_prefixes=modality_prefixes(MODALITIES))
     with pytest.raises(CheckpointError, match="does not exist"):
         load_state_dict_file(tmp_path / "missing.pth")
+
+
+def mapped_rss_kb(path: Path) -> int:
+    """Resident kB of this process's memory mappings of `path` (Linux's /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and re.fullmatch(r"[0-9a-f]+-[0-9a-f]+", fields[0]):
+            inside = fields[-1] == str(path)
+        elif inside and fields and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+def test_cast_while_loading_converts_floats_only(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pth"
+    path.write_bytes(serialise(full_checkpoint()))
+    expected = select_keys(full_checkpoint(), modality_prefixes(MODALITIES))
+
+    loaded = load_state_dict_file(
+        path, keep_prefixes=modality_prefixes(MODALITIES), dtype=torch.bfloat16
+    )
+
+    assert loaded.keys() == expected.keys()
+    for key, value in loaded.items():
+        assert value.dtype == torch.bfloat16
+        assert torch.equal(value, expected[key].to(torch.bfloat16))
+    mixed = {"w": torch.ones(2), "steps": torch.arange(3), "half": torch.ones(2, dtype=torch.bfloat16)}
+    cast = ckpt.cast_state_dict(mixed, torch.bfloat16)
+    assert cast["w"].dtype == torch.bfloat16 and cast["steps"] is mixed["steps"]
+    assert cast["half"] is mixed["half"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc are Linux's")
+def test_cast_while_loading_hands_the_file_pages_back(tmp_path: Path) -> None:
+    """bf16 from an fp32 file: the file's pages do not stay resident next to the copy."""
+    torch.manual_seed(0)
+    weights = {
+        "modality_trunks.text.weight": torch.randn(2048, 2048),  # 16 MiB of fp32
+        "modality_trunks.text.steps": torch.arange(5),  # not cast: keeps the mapping alive
+    }
+    path = tmp_path / "fp32.pth"
+    path.write_bytes(serialise(weights))
+
+    plain = load_state_dict_file(path)
+    kept = ckpt.cast_state_dict(plain, torch.bfloat16)  # reads every page, releases none
+    assert mapped_rss_kb(path) > 15 * 1024
+    del plain, kept
+
+    loaded = load_state_dict_file(path, dtype=torch.bfloat16)
+    assert mapped_rss_kb(path) < 1024  # the file is still mapped, its pages are not resident
+    assert torch.equal(
+        loaded["modality_trunks.text.weight"], weights["modality_trunks.text.weight"].to(torch.bfloat16)
+    )
+    assert torch.equal(loaded["modality_trunks.text.steps"], torch.arange(5))
 
 
 def test_strict_load_failure_lists_keys() -> None:

@@ -145,6 +145,24 @@ def test_tiny_matches_reference(
     assert (got - expected).abs().max().item() <= TOLERANCE
 
 
+def test_short_texts_match_reference(reference: nn.Module) -> None:
+    """Ours runs only up to the batch's last end-of-text (attention is causal); upstream all 77."""
+    generator = torch.Generator().manual_seed(3)
+    tokens = torch.zeros(4, TINY.text.context_length, dtype=torch.long)
+    for row, end in enumerate((1, 5, 9, 11)):  # the batch runs 12 positions
+        tokens[row, 0] = START_OF_TEXT
+        tokens[row, 1:end] = torch.randint(1, START_OF_TEXT, (end - 1,), generator=generator)
+        tokens[row, end] = END_OF_TEXT
+    ours = build_imagebind("tiny")
+    ours.load_state_dict(our_keys(reference.state_dict()), strict=True)
+    with torch.no_grad():
+        expected = reference({"text": tokens})["text"]
+        got = ours.embed_text(tokens)
+        alone = torch.cat([ours.embed_text(tokens[i : i + 1]) for i in range(4)])
+    assert (got - expected).abs().max().item() <= TOLERANCE
+    assert (alone - expected).abs().max().item() <= TOLERANCE
+
+
 def test_meta_build_loads_with_assign_and_matches_reference(
     reference: nn.Module,
     inputs: dict[str, torch.Tensor],

@@ -6,32 +6,45 @@ The steps are kept apart so each can be tested on its own (open_clip's `pretrain
    verified file on disk: a local path from the config, else the cached copy, else a download
    (resumable with HTTP Range, hashed as it streams, renamed into place atomically, guarded by a
    lock file so two processes never write the same file).
-2. `load_state_dict_file(path, keep_prefixes=...)` memory-maps the file, unwraps common wrappers
-   and keeps only the towers we run (`select_keys`, `modality_prefixes`).
+2. `load_state_dict_file(path, keep_prefixes=..., dtype=...)` memory-maps the file, unwraps
+   common wrappers, keeps only the towers we run (`select_keys`, `modality_prefixes`) and casts
+   them to the dtype the model runs in (`cast_state_dict`), one tensor at a time.
 3. `load_into(model, state_dict)` loads strictly with `assign=True` into a model built on the
    `meta` device, and names the keys that do not fit when it fails.
 
 Cache layout in `cache_dir`: `<filename>` (the verified checkpoint), `<filename>.sha256` (its
-digest in `sha256sum` format, written before the file is renamed into place), `<filename>.part`
-(an unfinished download, resumed by the next call) and `<filename>.lock`.
+digest in `sha256sum` format, written before the file is renamed into place), `<filename>.verified`
+(which file the digest was last computed for: size, mtime, ctime, inode, device, and when the
+hashing began), `<filename>.part` (an unfinished download, resumed by the next call) and
+`<filename>.lock`.
 
 A cached file is checked on every resolve: its size against the registry, and (with
-`verify=True`) its sha256 against the registry or, when the registry has none, the sidecar. A
-cached file that fails the check is deleted and downloaded again (logged as a warning); a local
-path from the config is never deleted: it fails with a `CheckpointError` instead.
+`verify=True`) its sha256 against the registry or, when the registry has none, the sidecar.
+Hashing imagebind_huge reads 4.8 GB (about 4 s), so a full hash is done once: while the file's
+size, mtime_ns, ctime_ns, inode and device still match `<filename>.verified`, its recorded digest
+is trusted; any change, or a file modified within `_RACY_NS` of the hash (whose later changes the
+filesystem clock might not tell apart), hashes it again. A cached file that fails the check is
+deleted and downloaded again (logged as a warning); a local path from the config
+(`[model] checkpoint_path`) is never hashed nor deleted: its content is checked when it loads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import hashlib
 import http.client
+import json
 import logging
+import mmap
 import os
 import re
+import sys
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -51,6 +64,7 @@ __all__ = [
     "CHECKPOINTS",
     "IMAGEBIND_PARTS",
     "CheckpointSpec",
+    "cast_state_dict",
     "load_into",
     "load_state_dict_file",
     "modality_prefixes",
@@ -64,6 +78,9 @@ _CHUNK = 1 << 20
 _DEFAULT_TIMEOUT_S = 30.0
 _WRAPPER_KEYS = ("state_dict", "model")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+# A file modified this close to (or after) the start of its hash is hashed again next time:
+# filesystem timestamps move in coarse ticks, so a later change might keep the same mtime.
+_RACY_NS = 2_000_000_000
 
 
 @dataclass(frozen=True)
@@ -131,7 +148,8 @@ def resolve_checkpoint(
     `local_path` (the config's `[model] checkpoint_path`) wins: it must exist and is returned
     as is; its content is checked by `load_state_dict_file`/`load_into`. Otherwise
     `cache_dir/<filename>` is used when it passes the checks (size; with `verify`, the sha256,
-    which reads the whole file: about 4 s for imagebind_huge), else it is downloaded from `url`
+    which reads the whole file, about 4 s for imagebind_huge, the first time only: see the
+    module docstring), else it is downloaded from `url`
     (a mirror; default `spec.url`), resuming an earlier partial download. `timeout` (seconds)
     applies to connecting and to each read. Every failure is a `CheckpointError` that says
     what to do.
@@ -188,11 +206,13 @@ def _cached_is_valid(spec: CheckpointSpec, target: Path, *, verify: bool, repair
     if expected is None:
         if not repair:
             return False
-        _write_sidecar(sidecar, _sha256_file(target), target.name)
+        _write_sidecar(sidecar, _hash_and_stamp(target), target.name)
         return True
     if not verify:
         return True
-    digest = _sha256_file(target)
+    if _stamped_digest(target) == expected:
+        return True  # hashed before, and the file has not changed since
+    digest = _hash_and_stamp(target)
     if digest != expected:
         return _reject_cached(target, sidecar, f"its sha256 is {digest}, not {expected}", repair)
     if repair and recorded != digest:
@@ -205,7 +225,56 @@ def _reject_cached(target: Path, sidecar: Path, why: str, repair: bool) -> bool:
         log.warning("cached checkpoint %s is corrupted (%s): downloading it again", target, why)
         target.unlink(missing_ok=True)
         sidecar.unlink(missing_ok=True)
+        _sibling(target, ".verified").unlink(missing_ok=True)
     return False
+
+
+def _file_identity(info: os.stat_result) -> dict[str, int]:
+    """What changes when a file is rewritten, modified in place, replaced or touched."""
+    return {
+        "size": info.st_size,
+        "mtime_ns": info.st_mtime_ns,
+        "ctime_ns": info.st_ctime_ns,
+        "ino": info.st_ino,
+        "dev": info.st_dev,
+    }
+
+
+def _hash_and_stamp(target: Path) -> str:
+    """Hash `target` in full; record in `<name>.verified` which file the digest belongs to.
+
+    The record is skipped when the file changed while it was read or was modified less than
+    `_RACY_NS` before the hash began, and (best effort) when the directory is not writable.
+    """
+    began_ns = time.time_ns()
+    before = target.stat()
+    digest = _sha256_file(target)
+    identity = _file_identity(before)
+    if _file_identity(target.stat()) == identity and before.st_mtime_ns < began_ns - _RACY_NS:
+        stamp = {"sha256": digest, **identity, "hashed_at_ns": began_ns}
+        temporary = _sibling(target, f".verified.{os.getpid()}.tmp")
+        try:
+            temporary.write_text(json.dumps(stamp) + "\n", encoding="ascii")
+            os.replace(temporary, _sibling(target, ".verified"))
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            log.debug("could not record the verification of %s: %s", target, exc)
+    return digest
+
+
+def _stamped_digest(target: Path) -> str | None:
+    """The digest recorded for `target`, if the file is still the one that was hashed."""
+    try:
+        stamp = json.loads(_sibling(target, ".verified").read_text(encoding="ascii"))
+        identity = _file_identity(target.stat())
+        if not isinstance(stamp, dict) or any(stamp.get(k) != v for k, v in identity.items()):
+            return None
+        if not stamp["mtime_ns"] < stamp["hashed_at_ns"] - _RACY_NS:
+            return None
+        digest = stamp["sha256"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
+    return digest if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) else None
 
 
 def _download(
@@ -347,6 +416,7 @@ def _finish(spec: CheckpointSpec, url: str, part: Path, target: Path, digest: st
         )
     # Sidecar first: a crash between the two leaves a sidecar without a file, which is harmless.
     _write_sidecar(_sibling(target, ".sha256"), digest, target.name)
+    _sibling(target, ".verified").unlink(missing_ok=True)  # it described the file replaced here
     os.replace(part, target)
     log.info("checkpoint %s saved to %s (sha256 %s)", spec.name, target, digest)
 
@@ -456,7 +526,7 @@ def select_keys(
 
 
 def load_state_dict_file(
-    path: Path, *, keep_prefixes: Sequence[str] | None = None
+    path: Path, *, keep_prefixes: Sequence[str] | None = None, dtype: torch.dtype | None = None
 ) -> dict[str, torch.Tensor]:
     """Load a checkpoint's state dict from `path` without reading it all into memory.
 
@@ -464,16 +534,20 @@ def load_state_dict_file(
     unpickled with `weights_only=True`, so it cannot run code. A `{"state_dict": ...}` or
     `{"model": ...}` wrapper is removed. With `keep_prefixes`, only the keys starting with one
     of them are kept (see `modality_prefixes`); the others (depth, thermal, IMU towers) are
-    never read from disk.
+    never read from disk. With `dtype`, floating-point tensors of another dtype are cast to it
+    by `cast_state_dict`, which hands each source's file pages back as it goes: loading
+    imagebind_huge as bf16 then peaks at the bf16 copy, not the fp32 file on top of it.
     """
     if not path.is_file():
         raise CheckpointError(f"the checkpoint file {path} does not exist.")
+    mapped = True
     try:
         try:
             loaded = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
         except RuntimeError as exc:
             if "mmap" not in str(exc):
                 raise
+            mapped = False
             loaded = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # torch.load raises many types for a bad file
         raise CheckpointError(
@@ -482,15 +556,65 @@ def load_state_dict_file(
         ) from exc
 
     state_dict = _unwrap(loaded, path)
-    if keep_prefixes is None:
-        return state_dict
-    selected = select_keys(state_dict, keep_prefixes)
-    if not selected:
-        raise CheckpointError(
-            f"{path} has none of the expected keys (starting with "
-            f"{', '.join(keep_prefixes[:3])}...): it is not an ImageBind checkpoint."
-        )
-    return selected
+    if keep_prefixes is not None:
+        state_dict = select_keys(state_dict, keep_prefixes)
+        if not state_dict:
+            raise CheckpointError(
+                f"{path} has none of the expected keys (starting with "
+                f"{', '.join(keep_prefixes[:3])}...): it is not an ImageBind checkpoint."
+            )
+    if dtype is not None:
+        state_dict = cast_state_dict(state_dict, dtype, release_pages=mapped)
+    return state_dict
+
+
+def cast_state_dict(
+    state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype, *, release_pages: bool = False
+) -> dict[str, torch.Tensor]:
+    """Floating-point tensors cast to `dtype`, one at a time (others kept as they are).
+
+    `release_pages`: only for tensors memory-mapped from a file (private, never written), as
+    `torch.load(mmap=True)` gives them: once a tensor is copied, the pages it was read into are
+    dropped from this process (`madvise(MADV_DONTNEED)`; Linux, else nothing happens), so they
+    stop counting as resident memory. Reading the source again would re-read the file.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state_dict.items():
+        if tensor.is_floating_point() and tensor.dtype != dtype:
+            cast = tensor.to(dtype)
+            if release_pages:
+                _drop_pages(tensor)
+            tensor = cast
+        out[key] = tensor
+    return out
+
+
+@functools.cache
+def _madvise_dontneed() -> Callable[[int, int], int] | None:
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None or not sys.platform.startswith("linux"):
+        return None
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    return lambda address, length: madvise(address, length, advice)
+
+
+def _drop_pages(tensor: torch.Tensor) -> None:
+    """Drop the whole pages of `tensor`'s storage from this process (see `cast_state_dict`)."""
+    storage = tensor.untyped_storage()
+    start, size = storage.data_ptr(), storage.nbytes()
+    madvise = _madvise_dontneed()
+    if madvise is None or tensor.device.type != "cpu" or not start:
+        return
+    page = mmap.PAGESIZE
+    first = -(-start // page) * page  # pages wholly inside the storage: never a neighbour's
+    last = (start + size) // page * page
+    if last > first:
+        madvise(first, last - first)
 
 
 def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:

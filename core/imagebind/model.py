@@ -154,9 +154,15 @@ class ImageBind(nn.Module):
         if token_ids.is_floating_point() or token_ids.is_complex():
             raise ValueError(f"token ids must be integers, got {token_ids.dtype}")
         embedding = cast(TextTokenEmbedding, self.modality_preprocessors["text"])
-        tokens = embedding(token_ids)
-        hidden = self.modality_trunks["text"](tokens, attn_mask=embedding.mask.to(tokens.dtype))
-        pooled = self.modality_heads["text"](hidden, token_ids.argmax(dim=-1))
+        # Attention is causal and the head reads each row's end-of-text token, so the positions
+        # after the batch's last end-of-text change nothing: they are dropped (same numbers; a
+        # short query runs ~16 positions instead of 77, and batching pays again).
+        end = token_ids.argmax(dim=-1)
+        length = int(end.max()) + 1
+        tokens = embedding(token_ids)[:, :length]
+        mask = embedding.mask[:length, :length].to(tokens.dtype)
+        hidden = self.modality_trunks["text"](tokens, attn_mask=mask)
+        pooled = self.modality_heads["text"](hidden, end)
         return self.modality_postprocessors["text"](pooled)
 
     def embed_vision(self, images: torch.Tensor) -> torch.Tensor:
