@@ -19,8 +19,8 @@ import argparse
 import io
 import json
 import logging
-import platform
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,12 +30,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from core.config import MediaLimits
-from core.deeplake_store import DeepLakeStore
-from core.encoder import Encoder, resolve_dtype
-from core.imagebind.model import build_imagebind
-from ingest.pipeline import ingest
-from ingest.sources import FolderSource
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.host import cpu_name  # noqa: E402
+from core.config import MediaLimits  # noqa: E402
+from core.deeplake_store import DeepLakeStore  # noqa: E402
+from core.encoder import Encoder, resolve_dtype  # noqa: E402
+from core.imagebind.model import build_imagebind  # noqa: E402
+from ingest.pipeline import ingest  # noqa: E402
+from ingest.sources import FolderSource  # noqa: E402
 
 
 @dataclass
@@ -51,16 +54,6 @@ class Result:
 
     def ratio(self, workers: int) -> float:
         return self.ratios[workers]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def synthetic_photo(seed: int, size: tuple[int, int] = (640, 480)) -> bytes:

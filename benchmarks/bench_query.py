@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import queue
 import statistics
 import sys
@@ -47,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from benchmarks.host import cpu_name, load_average  # noqa: E402
 from core.config import MediaLimits, SearchSettings  # noqa: E402
 from core.deeplake_store import DeepLakeStore  # noqa: E402
 from core.encoder import Encoder  # noqa: E402
@@ -88,18 +88,9 @@ class ConcurrencyRow:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", load average %.1f %.1f %.1f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
     return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} torch threads{load}"
+        f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch threads{load_average()}"
     )
 
 
@@ -124,27 +115,11 @@ def sample_jpeg(size: int = 512) -> bytes:
 
 
 def sample_ogg(seconds: float = 5.0) -> bytes:
-    """A 5 s mono ogg/Opus clip (as a Discord voice message): a tone over noise, via PyAV."""
-    import io
+    """A mono ogg/Opus clip (as a Discord voice message) of a 220 Hz tone; PyAV, imported here
+    (through the test media factory) so runs without audio need no PyAV."""
+    from tests.media_factory import make_audio
 
-    import av
-
-    rate = 48_000
-    t = np.arange(int(seconds * rate)) / rate
-    rng = np.random.default_rng(1)
-    wave = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)
-    samples = (np.clip(wave, -1, 1) * 32767).astype(np.int16)
-    out = io.BytesIO()
-    with av.open(out, mode="w", format="ogg") as container:
-        stream = container.add_stream("libopus", rate=rate)
-        stream.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(samples[None, :], format="s16", layout="mono")
-        frame.sample_rate = rate
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return out.getvalue()
+    return make_audio("ogg", seconds, kind="sine", frequency=220.0)
 
 
 def build_store(path: str, dim: int, rows: int, model_name: str) -> np.ndarray:

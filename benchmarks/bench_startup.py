@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.host import cpu_name, load_average  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 QUERY_TEXT = "a red sports car parked on a wet street at night"
 # Parameters of the official checkpoint's towers that we never load (depth, thermal, IMU, and
@@ -54,22 +55,13 @@ UNUSED_PARAMS = 127_700_000
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     mem = ""
     try:
         total_kb = int(Path("/proc/meminfo").read_text().split()[1])
         mem = f", {total_kb / 1024**2:.0f} GiB RAM"
     except (OSError, ValueError, IndexError):
         pass
-    load = ", load average %.1f %.1f %.1f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
-    return f"{cpu}, {os.cpu_count()} cores{mem}{load}"
+    return f"{cpu_name()}, {os.cpu_count()} cores{mem}{load_average()}"
 
 
 def proc_status() -> dict[str, float]:

@@ -36,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import deeplake  # noqa: E402
 
+from benchmarks.host import cpu_name  # noqa: E402
+
 from core.deeplake_store import DeepLakeStore  # noqa: E402
 from core.store import Record  # noqa: E402
 
@@ -51,16 +53,8 @@ class Row:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return (
-        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()},"
+        f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()},"
         f" numpy {np.__version__}, deeplake {deeplake.__version__}"
     )
 

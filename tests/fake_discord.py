@@ -38,6 +38,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.loopback import serve_on_loopback
+
 DISCORD_EPOCH_MS = 1_420_070_400_000
 ACK_SECONDS = 3.0
 TOKEN_SECONDS = 15 * 60.0
@@ -212,10 +214,7 @@ class FakeDiscord:
         ]
         for method, path, handler in routes:
             app.router.add_route(method, api + path, handler)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_on_loopback(app)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -33,6 +33,8 @@ from urllib.parse import parse_qsl, urlencode
 from aiohttp import WSMsgType, web
 from slack_sdk.signature import SignatureVerifier
 
+from tests.loopback import serve_on_loopback
+
 BOT_USER_ID = "UBOTSEARCH"
 BOT_ID = "BBOTSEARCH"
 TEAM_ID = "T0TEST0001"
@@ -96,10 +98,7 @@ class FakeSlack:
                 web.get("/socket", self._socket),
             ]
         )
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_on_loopback(app)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -312,10 +311,7 @@ class RecordingHost:
     async def __aenter__(self) -> RecordingHost:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._any)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_on_loopback(app)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

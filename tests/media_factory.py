@@ -13,6 +13,7 @@ import io
 import struct
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import av
@@ -275,3 +276,11 @@ def make_picture(seed: int, fmt: str = "JPEG") -> bytes:
     image = Image.new("RGB", (80 + 4 * seed, 64), background)
     ImageDraw.Draw(image).ellipse([10 + seed, 5, 60 + seed, 55], fill=disc)
     return encode(image, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+
+
+def picture_folder(folder: Path, count: int) -> Path:
+    """`folder` (created) holding `count` distinct JPEG pictures p00.jpg, p01.jpg, ..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        (folder / f"p{i:02d}.jpg").write_bytes(make_picture(i))
+    return folder

@@ -25,7 +25,7 @@ from core.query import Query, Term
 from core.service import SearchResult, SearchService
 from ingest.runner import run_ingest
 from tests.bad_inputs import CASE_IDS, CASES, RED, TOO_MANY_FILES, BadInput, says
-from tests.media_factory import encode, make_picture, solid_image
+from tests.media_factory import encode, picture_folder, solid_image
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # the loop of the module's service
 
@@ -36,10 +36,7 @@ LIMIT = 3
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory) -> Settings:
     root = tmp_path_factory.mktemp("bad-inputs")
-    pictures = root / "pictures"
-    pictures.mkdir()
-    for i in range(PICTURES):
-        (pictures / f"p{i:02d}.jpg").write_bytes(make_picture(i))
+    pictures = picture_folder(root / "pictures", PICTURES)
     settings = Settings.model_validate(
         {
             "model": {"name": "tiny", "cache_dir": str(root / "cache")},

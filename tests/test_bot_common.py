@@ -18,6 +18,8 @@ from core.config import MediaLimits
 from core.errors import BadInputError, EmptyQueryError, MediaTooLargeError
 from core.service import ResultItem, SearchResult
 
+from tests.loopback import serve_on_loopback
+
 
 # ----- buttons ---------------------------------------------------------------------------------
 
@@ -167,11 +169,7 @@ async def file_server():
     app.router.add_get("/huge.ogg", huge_undeclared)
     app.router.add_get("/declared.png", declared)
     app.router.add_get("/login", html)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    runner, port = await serve_on_loopback(app)
     yield f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", state
     await runner.cleanup()
 

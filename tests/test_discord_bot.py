@@ -36,7 +36,7 @@ from tests.fake_discord import (
     Posted,
 )
 from tests.bad_inputs import CASE_IDS, CASES, TOO_MANY_FILES, says
-from tests.media_factory import make_audio, make_picture, random_bytes
+from tests.media_factory import make_audio, make_picture, picture_folder, random_bytes
 from tests.speech_fixtures import clips
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -55,10 +55,7 @@ SPOKEN = next(c for c in clips("speech") if c.file.endswith(".ogg"))  # a voice 
 @pytest.fixture(scope="module")
 def dataset_settings(tmp_path_factory) -> Settings:
     root = tmp_path_factory.mktemp("discord")
-    pictures = root / "pictures"
-    pictures.mkdir()
-    for i in range(PICTURES):
-        (pictures / f"p{i:02d}.jpg").write_bytes(make_picture(i))
+    pictures = picture_folder(root / "pictures", PICTURES)
     settings = Settings.model_validate(
         {
             "model": {"name": "tiny", "cache_dir": str(root / "cache")},

@@ -10,7 +10,6 @@ import time
 import aiohttp
 import pytest
 
-from aiohttp import web
 
 from bot.ops_server import ops_app, serve_ops
 from bot.slack_bot import SlackBot, serve_slack
@@ -23,6 +22,7 @@ from core.logs import setup_logging
 from core.query import Query, Term
 from core.store import Record
 from tests.fake_slack import FakeSlack, command_body, event_payload, message_event, signed_headers
+from tests.loopback import serve_on_loopback
 from tests.media_factory import make_picture
 
 
@@ -53,11 +53,8 @@ async def test_health_and_metrics(dataset):
     async with open_search_service(settings_for(dataset), progress=False) as service:
         async with serve_ops(service, "127.0.0.1", 0) as off:
             assert off is None  # port 0: no endpoint
-        runner = web.AppRunner(ops_app(service))
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        runner, port = await serve_on_loopback(ops_app(service))
+        base = f"http://127.0.0.1:{port}"
         try:
             await service.search(Query((Term("text", "a cat"),), limit=2))
             with pytest.raises(UnsupportedMediaError):

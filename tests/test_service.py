@@ -10,7 +10,7 @@ from core.encoder import Encoder
 from core.errors import BadInputError
 from core.query import Query, Term
 from core.store import Record
-from tests.media_factory import make_picture
+from tests.media_factory import picture_folder
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,7 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory, root) -> Settings:
-    for i in range(20):
-        (root / f"p{i:02d}.jpg").write_bytes(make_picture(i))
+    picture_folder(root, 20)
     dataset = str(tmp_path_factory.mktemp("ds") / "pictures")
     settings = Settings.model_validate(
         {

@@ -19,7 +19,7 @@ from core.config import Settings
 from ingest.runner import run_ingest
 from tests.bad_inputs import CASE_IDS, CASES, TOO_MANY_FILES, BadInput, says
 from tests.fake_slack import WAIT_S, FakeSlack, message_event
-from tests.media_factory import make_picture
+from tests.media_factory import picture_folder
 from tests.test_slack_bot import BOT_TOKEN, SECRETS, Harness, make_settings, result_rows, rows
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -30,10 +30,7 @@ PICTURES = 8
 @pytest.fixture(scope="module")
 def raw_settings(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("slack-bad-inputs")
-    pictures = root / "pictures"
-    pictures.mkdir()
-    for i in range(PICTURES):
-        (pictures / f"p{i:02d}.jpg").write_bytes(make_picture(i))
+    pictures = picture_folder(root / "pictures", PICTURES)
     raw = {
         "model": {"name": "tiny"},
         "store": {"dataset": str(root / "dataset")},

@@ -37,7 +37,7 @@ from tests.fake_slack import (
     message_event,
     signed_headers,
 )
-from tests.media_factory import make_audio, make_picture
+from tests.media_factory import make_audio, make_picture, picture_folder
 
 BOT_TOKEN = "xoxb-test-token"
 SIGNING_SECRET = "test-signing-secret"
@@ -52,10 +52,7 @@ FORM = "application/x-www-form-urlencoded"
 
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory):
-    root = tmp_path_factory.mktemp("slack-pictures")
-    for i in range(12):
-        (root / f"p{i:02d}.jpg").write_bytes(make_picture(i))
-    return root
+    return picture_folder(tmp_path_factory.mktemp("slack-pictures"), 12)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from core.app import open_search_service
 from core.config import Settings
 from core.errors import BadInputError
 from core.query import Query, Term
-from tests.media_factory import make_picture
+from tests.media_factory import picture_folder
 from tests.speech_fixtures import clip
 
 N_IMAGES = 16
@@ -18,9 +18,7 @@ N_IMAGES = 16
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory) -> Settings:
-    root = tmp_path_factory.mktemp("pictures")
-    for i in range(N_IMAGES):
-        (root / f"p{i:02d}.jpg").write_bytes(make_picture(i))
+    root = picture_folder(tmp_path_factory.mktemp("pictures"), N_IMAGES)
     dataset = str(tmp_path_factory.mktemp("ds") / "pictures")
     settings = Settings.model_validate(
         {
