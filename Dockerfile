@@ -5,6 +5,9 @@
 #   docker run --rm --gpus all -v search-all-cache:/cache -v "$PWD/data:/app/data" \
 #       -e DISCORD_TOKEN search-all bot discord --config /app/config.toml
 # docs/compose.yaml runs the Discord and Slack bots with a shared cache and dataset.
+# For hosts without a GPU, build with the CPU-only torch (about 290 MiB less resident memory
+# per bot process and a far smaller image; benchmarks/README.md, startup and memory):
+#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu -t search-all:cpu .
 
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS base
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -17,8 +20,14 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 FROM base AS build
+# Empty: torch and torchaudio from PyPI (CUDA builds). A PyTorch index such as
+# https://download.pytorch.org/whl/cpu installs its builds first; pyproject.toml accepts either.
+ARG TORCH_INDEX_URL=""
 WORKDIR /src
-RUN python3.12 -m venv /opt/venv
+RUN python3.12 -m venv /opt/venv \
+    && if [ -n "$TORCH_INDEX_URL" ]; then \
+        /opt/venv/bin/pip install --index-url "$TORCH_INDEX_URL" "torch>=2.5,<2.15" "torchaudio==2.11.0"; \
+    fi
 COPY pyproject.toml README.md ./
 COPY core ./core
 COPY ingest ./ingest

@@ -202,9 +202,19 @@ def time_verification(checkpoint: Path, repeats: int) -> dict[str, float]:
             "recorded": verified.is_file()}
 
 
+def torch_build(python: str, env: dict[str, str]) -> str:
+    """The torch version an interpreter imports (`2.14.1+cu130`, `2.13.0+cpu`)."""
+    out = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], env=env,
+                         capture_output=True, text=True, check=True, timeout=300)
+    return out.stdout.strip()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", default="bfloat16,float32")
+    parser.add_argument("--pythons", default=sys.executable,
+                        help="comma-separated interpreters to compare (e.g. a venv with the CUDA build "
+                             "of torch and one with the CPU-only build), each with this project installed")
     parser.add_argument("--runs", type=int, default=2, help="CLI runs per dtype (alternated)")
     parser.add_argument("--rows", type=int, default=6000)
     parser.add_argument("--probe-modalities", default="text,image,audio",
@@ -224,6 +234,9 @@ def main(argv: list[str] | None = None) -> None:
 
     dtypes = args.dtypes.split(",")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    pythons = {torch_build(python, env): python for python in args.pythons.split(",")}
+    # One variant per (dtype, torch build), named "bfloat16, torch 2.13.0+cpu"
+    variants = {f"{dtype}, torch {build}": (dtype, python) for dtype in dtypes for build, python in pythons.items()}
     results: dict[str, Any] = {"machine": machine(), "rows": args.rows, "cli": {}, "probe": {}}
     print(f"machine: {results['machine']}", flush=True)
     started = time.perf_counter()
@@ -243,30 +256,32 @@ def main(argv: list[str] | None = None) -> None:
             configs[dtype] = tmp / f"{dtype}.toml"
             write_config(configs[dtype], checkpoint, tmp / "cache", dataset, dtype)
 
-        print(f"\ntime to first answer (`python -m bot.cli search ... --json`), {args.runs} runs per dtype:", flush=True)
+        print(f"\ntime to first answer (`python -m bot.cli search ... --json`), {args.runs} runs per variant:", flush=True)
+        names = list(variants)
         for run in range(args.runs):
-            for dtype in dtypes if run % 2 == 0 else dtypes[::-1]:
-                cmd = [sys.executable, "-m", "bot.cli", "search", "--model", "imagebind_huge",
+            for name in names if run % 2 == 0 else names[::-1]:
+                dtype, python = variants[name]
+                cmd = [python, "-m", "bot.cli", "search", "--model", "imagebind_huge",
                        "--dataset", str(dataset), "--text", QUERY_TEXT, "--config", str(configs[dtype]), "--json"]
                 out = run_child(cmd, env, args.timeout)
                 answer = json.loads(out["stdout"])
                 out["hits"] = len(answer["hits"])
                 out["timings_ms"] = answer.get("timings_ms", {})
                 del out["stdout"]
-                results["cli"].setdefault(dtype, []).append(out)
-                print(f"  {dtype:9s} answer {out['answer_s']:5.1f} s, exit {out['exit_s']:5.1f} s, "
+                results["cli"].setdefault(name, []).append(out)
+                print(f"  {name:32s} answer {out['answer_s']:5.1f} s, exit {out['exit_s']:5.1f} s, "
                       f"peak RSS {out['peak_rss_mb'] / 1024:.2f} GiB, query {out['timings_ms'].get('total', 0):.0f} ms",
                       flush=True)
 
         if args.probe_modalities:
             print("\nmemory over a session (probe child; MiB):", flush=True)
-            for dtype in dtypes:
-                out = run_child([sys.executable, __file__, "--probe", str(configs[dtype]),
+            for name, (dtype, python) in variants.items():
+                out = run_child([python, __file__, "--probe", str(configs[dtype]),
                                  "--probe-modalities", args.probe_modalities], env, args.timeout)
                 steps = json.loads(out["stdout"])
-                results["probe"][dtype] = steps
+                results["probe"][name] = steps
                 for step in steps:
-                    print(f"  {dtype:9s} {step['step']:15s} at {step['s']:6.1f} s: RSS {step['VmRSS']:7.0f} "
+                    print(f"  {name:32s} {step['step']:15s} at {step['s']:6.1f} s: RSS {step['VmRSS']:7.0f} "
                           f"(anon {step['RssAnon']:7.0f}, file {step['RssFile']:7.0f}), peak {step['VmHWM']:7.0f}",
                           flush=True)
 
@@ -282,20 +297,20 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def print_summary(results: dict[str, Any]) -> None:
-    print("\n| dtype | first answer s (median) | exit s | CLI peak RSS GiB | probe RSS after open / text / all, GiB "
+    print("\n| variant | first answer s (median) | exit s | CLI peak RSS GiB | probe RSS after open / text / all, GiB "
           "| probe peak GiB |")
     print("|---|---:|---:|---:|---:|---:|")
-    for dtype, runs in results["cli"].items():
-        steps = {s["step"]: s for s in results["probe"].get(dtype, [])}
+    for name, runs in results["cli"].items():
+        steps = {s["step"]: s for s in results["probe"].get(name, [])}
         probe_rss = " / ".join(
             f"{steps[k]['VmRSS'] / 1024:.2f}" for k in ("service open", "text answered") if k in steps
         )
-        last = results["probe"].get(dtype, [{}])[-1]
+        last = results["probe"].get(name, [{}])[-1]
         if "VmRSS" in last and last.get("step") != "text answered":
             probe_rss += f" / {last['VmRSS'] / 1024:.2f}"
         peak = f"{last['VmHWM'] / 1024:.2f}" if "VmHWM" in last else "-"
         print(
-            f"| {dtype} | {statistics.median(r['answer_s'] for r in runs):.1f} "
+            f"| {name} | {statistics.median(r['answer_s'] for r in runs):.1f} "
             f"| {statistics.median(r['exit_s'] for r in runs):.1f} "
             f"| {max(r['peak_rss_mb'] for r in runs) / 1024:.2f} | {probe_rss or '-'} | {peak} |"
         )

@@ -3,6 +3,7 @@
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import dockerfile
@@ -59,3 +60,20 @@ def test_compose_example_runs_both_bots_with_the_cache_volume():
     for name in ("discord", "slack"):
         assert "cache:/cache" in services[name]["volumes"]
         assert all(v.startswith("${") for v in services[name].get("environment", {}).values())
+
+
+def test_cpu_only_installs_ask_for_the_torch_that_pyproject_accepts():
+    """The Dockerfile's `TORCH_INDEX_URL` step and the README's CPU-only command install torch
+    and torchaudio as pyproject pins them (else `pip install .` would swap in PyPI's builds)."""
+    args = [c.value[0] for c in dockerfile.parse_file(str(ROOT / "Dockerfile")) if c.cmd == "ARG"]
+    assert 'TORCH_INDEX_URL=""' in args
+    script = next(" ".join(c.value) for c in dockerfile.parse_file(str(ROOT / "Dockerfile"))
+                  if c.cmd == "RUN" and "TORCH_INDEX_URL" in " ".join(c.value))
+    readme = next(line for line in (ROOT / "README.md").read_text().splitlines()
+                  if "download.pytorch.org/whl/cpu" in line and line.startswith("pip install"))
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pinned = [d for d in dependencies if d.startswith(("torch>", "torch=", "torchaudio"))]
+    assert len(pinned) == 2
+    for requirement in pinned:
+        assert f'"{requirement}"' in script
+        assert f'"{requirement}"' in readme
