@@ -9,7 +9,7 @@ of one modality. Both are meant to run in the encoder worker's thread, never on 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -19,9 +19,21 @@ from PIL import Image
 
 from core.config import MediaLimits, ModelSettings
 from core.errors import ModelError
-from core.imagebind.checkpoint import CHECKPOINTS, load_into, load_state_dict_file, resolve_checkpoint
+from core.imagebind.checkpoint import (
+    CHECKPOINTS,
+    drop_pages,
+    load_into,
+    load_state_dict_file,
+    resolve_checkpoint,
+)
 from core.imagebind.configs import get_config
-from core.imagebind.model import ImageBind, build_imagebind
+from core.imagebind.model import (
+    LOOKUP_TABLES,
+    ImageBind,
+    build_imagebind,
+    mapped_lookup_tables,
+    place_model,
+)
 from core.imagebind.tokenizer import ClipTokenizer
 from core.imagebind.transforms import image_to_tensor, waveform_to_clips
 from core.media.audio import decode_audio
@@ -92,7 +104,8 @@ def load_model(
             progress=progress,
         )
     )
-    state_dict = load_state_dict_file(path, keep_prefixes=TOWER_PREFIXES, dtype=dtype)
+    # The token table stays as the file has it (see `place_model`).
+    state_dict = load_state_dict_file(path, keep_prefixes=TOWER_PREFIXES, dtype=dtype, keep_dtype=LOOKUP_TABLES)
     return load_into(build_imagebind(settings.name, device="meta"), state_dict)
 
 
@@ -105,9 +118,14 @@ class Encoder:
     device: torch.device
     dtype: torch.dtype
     limits: MediaLimits
+    _paged_tables: list[torch.Tensor] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.model = self.model.to(device=self.device, dtype=self.dtype).eval()
+        self.model = place_model(self.model, self.device, self.dtype)
+        # Lookup tables left in the memory-mapped checkpoint are read like a file: the pages of
+        # the rows a batch looked up are handed back after it (the page cache keeps them), so
+        # the process never holds more of the table than one batch's rows.
+        self._paged_tables = mapped_lookup_tables(self.model)
 
     @classmethod
     def load(cls, settings: ModelSettings, limits: MediaLimits, *, progress: bool = True) -> Encoder:
@@ -150,6 +168,8 @@ class Encoder:
         """
         if modality == "text":
             out = self.model.embed_text(self.tokenizer(batch).to(self.device))
+            for table in self._paged_tables:
+                drop_pages(table)
         else:
             stacked = batch if isinstance(batch, torch.Tensor) else torch.stack(batch)
             inputs = stacked.to(device=self.device, dtype=self.dtype)

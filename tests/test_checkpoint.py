@@ -26,17 +26,22 @@ import pytest
 import torch
 from torch import nn
 
+from core.config import MediaLimits, ModelSettings
+from core.encoder import Encoder
 from core.errors import CheckpointError, ModelError
 from core.imagebind import checkpoint as ckpt
 from core.imagebind.checkpoint import (
     CHECKPOINTS,
     CheckpointSpec,
+    drop_pages,
+    is_file_backed,
     load_into,
     load_state_dict_file,
     modality_prefixes,
     resolve_checkpoint,
     select_keys,
 )
+from core.imagebind.model import LOOKUP_TABLES, build_imagebind
 
 MODALITIES = ("text", "vision", "audio")
 FILENAME = "tiny_imagebind.pth"
@@ -702,3 +707,59 @@ def test_meta_tensor_left_behind_is_reported() -> None:
         model = WithScratch()
     with pytest.raises(ModelError, match=r"still on the meta device.*scratch"):
         load_into(model, state_dict)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+def test_bf16_encoder_reads_the_token_table_from_the_file(tmp_path: Path) -> None:
+    """bf16 on the CPU: the text token table is not copied, and the rows a batch looked up are
+    handed back after it (the page cache keeps them).
+
+    Every other weight is a bf16 copy, and the embeddings are exactly those of a model cast
+    whole (a row cast after the lookup is the row of a cast table).
+    """
+    path = tmp_path / "tiny.pth"
+    torch.save(build_imagebind("tiny").state_dict(), path)
+    settings = ModelSettings(name="tiny", checkpoint_path=path, cache_dir=tmp_path, device="cpu", dtype="bfloat16")
+    encoder = Encoder.load(settings, MediaLimits(), progress=False)
+
+    table = encoder.model.get_parameter(LOOKUP_TABLES[0])
+    assert table.dtype == torch.float32 and table.data_ptr() in file_mapping(path)
+    others = [p.dtype for name, p in encoder.model.named_parameters() if name not in LOOKUP_TABLES]
+    assert set(others) == {torch.bfloat16}
+    texts = ["a red car at night", "two cats on a sofa", "the quick brown fox jumps over the lazy dog"]
+    with torch.inference_mode():
+        torch.nn.functional.embedding(encoder.tokenizer(texts), table)
+    looked_up = mapped_rss_kb(path)  # what a lookup leaves resident when nothing hands it back
+    drop_pages(table)
+    before = mapped_rss_kb(path)
+
+    got = encoder.embed("text", texts)
+
+    assert mapped_rss_kb(path) <= before < looked_up
+    whole = build_imagebind("tiny").to(torch.bfloat16)
+    with torch.inference_mode():
+        expected = whole.embed_text(encoder.tokenizer(texts)).float().numpy()
+    assert (got == expected).all()
+
+
+def test_a_token_table_in_memory_is_cast_and_never_handed_back() -> None:
+    """Random weights live in anonymous memory, where dropping pages would zero them."""
+    model = build_imagebind("tiny")
+    assert not is_file_backed(model.get_parameter(LOOKUP_TABLES[0]))
+    encoder = Encoder(model, "tiny", torch.device("cpu"), torch.bfloat16, MediaLimits())
+    table = encoder.model.get_parameter(LOOKUP_TABLES[0])
+    assert table.dtype == torch.bfloat16
+    first = encoder.embed("text", ["a red car at night"])
+    assert (encoder.embed("text", ["a red car at night"]) == first).all()
+    assert table.abs().sum() > 0
+
+
+def file_mapping(path: Path) -> range:
+    """The addresses of this process's memory mappings of `path` (one span from /proc/self/maps)."""
+    spans = [
+        [int(part, 16) for part in line.split()[0].split("-")]
+        for line in Path("/proc/self/maps").read_text().splitlines()
+        if line.split()[-1] == str(path)
+    ]
+    assert spans, f"{path} is not mapped"
+    return range(min(s[0] for s in spans), max(s[1] for s in spans))

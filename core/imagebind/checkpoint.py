@@ -44,7 +44,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -526,7 +526,11 @@ def select_keys(
 
 
 def load_state_dict_file(
-    path: Path, *, keep_prefixes: Sequence[str] | None = None, dtype: torch.dtype | None = None
+    path: Path,
+    *,
+    keep_prefixes: Sequence[str] | None = None,
+    dtype: torch.dtype | None = None,
+    keep_dtype: Collection[str] = (),
 ) -> dict[str, torch.Tensor]:
     """Load a checkpoint's state dict from `path` without reading it all into memory.
 
@@ -536,7 +540,8 @@ def load_state_dict_file(
     of them are kept (see `modality_prefixes`); the others (depth, thermal, IMU towers) are
     never read from disk. With `dtype`, floating-point tensors of another dtype are cast to it
     by `cast_state_dict`, which hands each source's file pages back as it goes: loading
-    imagebind_huge as bf16 then peaks at the bf16 copy, not the fp32 file on top of it.
+    imagebind_huge as bf16 then peaks at the bf16 copy, not the fp32 file on top of it. The
+    keys in `keep_dtype` are not cast (they stay memory-mapped).
     """
     if not path.is_file():
         raise CheckpointError(f"the checkpoint file {path} does not exist.")
@@ -564,14 +569,19 @@ def load_state_dict_file(
                 f"{', '.join(keep_prefixes[:3])}...): it is not an ImageBind checkpoint."
             )
     if dtype is not None:
-        state_dict = cast_state_dict(state_dict, dtype, release_pages=mapped)
+        state_dict = cast_state_dict(state_dict, dtype, release_pages=mapped, keep=keep_dtype)
     return state_dict
 
 
 def cast_state_dict(
-    state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype, *, release_pages: bool = False
+    state_dict: Mapping[str, torch.Tensor],
+    dtype: torch.dtype,
+    *,
+    release_pages: bool = False,
+    keep: Collection[str] = (),
 ) -> dict[str, torch.Tensor]:
-    """Floating-point tensors cast to `dtype`, one at a time (others kept as they are).
+    """Floating-point tensors cast to `dtype`, one at a time (others, and the keys in `keep`,
+    kept as they are).
 
     `release_pages`: only for tensors memory-mapped from a file (private, never written), as
     `torch.load(mmap=True)` gives them: once a tensor is copied, the pages it was read into are
@@ -580,10 +590,10 @@ def cast_state_dict(
     """
     out: dict[str, torch.Tensor] = {}
     for key, tensor in state_dict.items():
-        if tensor.is_floating_point() and tensor.dtype != dtype:
+        if tensor.is_floating_point() and tensor.dtype != dtype and key not in keep:
             cast = tensor.to(dtype)
             if release_pages:
-                _drop_pages(tensor)
+                drop_pages(tensor)
             tensor = cast
         out[key] = tensor
     return out
@@ -603,8 +613,12 @@ def _madvise_dontneed() -> Callable[[int, int], int] | None:
     return lambda address, length: madvise(address, length, advice)
 
 
-def _drop_pages(tensor: torch.Tensor) -> None:
-    """Drop the whole pages of `tensor`'s storage from this process (see `cast_state_dict`)."""
+def drop_pages(tensor: torch.Tensor) -> None:
+    """Drop the whole pages of `tensor`'s storage from this process (see `cast_state_dict`).
+
+    Only for memory mapped from a file and never written (`is_file_backed`): anonymous memory
+    would be zeroed.
+    """
     storage = tensor.untyped_storage()
     start, size = storage.data_ptr(), storage.nbytes()
     madvise = _madvise_dontneed()
@@ -615,6 +629,28 @@ def _drop_pages(tensor: torch.Tensor) -> None:
     last = (start + size) // page * page
     if last > first:
         madvise(first, last - first)
+
+
+def is_file_backed(tensor: torch.Tensor) -> bool:
+    """Whether `tensor`'s data lies in a private mapping of a file (Linux's /proc/self/maps).
+
+    True for the tensors of `torch.load(mmap=True)`; False elsewhere, or where it cannot tell.
+    """
+    if tensor.device.type != "cpu" or not sys.platform.startswith("linux"):
+        return False
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        low, high = (int(part, 16) for part in fields[0].split("-"))
+        if low <= start and end <= high:
+            path = fields[5] if len(fields) == 6 else ""
+            return fields[1].endswith("p") and path.startswith("/") and not path.endswith("(deleted)")
+    return False
 
 
 def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:

@@ -186,7 +186,8 @@ class TextTokenEmbedding(nn.Module):
         self._fill_causal_mask()
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
-        return self.token_embedding(token_ids) + self.pos_embed
+        # The token table may be kept in another dtype than the model (see `place_model`).
+        return self.token_embedding(token_ids).to(self.pos_embed.dtype) + self.pos_embed
 
 
 class SelectToken(nn.Module):

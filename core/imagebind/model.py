@@ -35,6 +35,7 @@ from core.imagebind.configs import (
     VisionTowerConfig,
     get_config,
 )
+from core.imagebind.checkpoint import is_file_backed
 from core.imagebind.layers import (
     LAYER_NORM_EPS,
     EndOfTextHead,
@@ -50,6 +51,9 @@ from core.imagebind.layers import (
 
 RANDOM_WEIGHTS_SEED = 0
 """Seed of the random weights given to a model built on a real device."""
+
+LOOKUP_TABLES = ("modality_preprocessors.text.token_embedding.weight",)
+"""Parameters read a row at a time, which `place_model` leaves in a memory-mapped checkpoint."""
 
 
 def _class_token_head(dim: int, out_dim: int) -> nn.Sequential:
@@ -213,7 +217,7 @@ class ImageBind(nn.Module):
 
     @property
     def _dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        return next(self.modality_trunks.parameters()).dtype
 
 
 @torch.no_grad()
@@ -267,3 +271,33 @@ def build_imagebind(
         init_random_weights(model, torch.Generator(device="cpu").manual_seed(seed))
         model = model.to(device)
     return model.eval()
+
+
+def place_model(model: ImageBind, device: torch.device, dtype: torch.dtype) -> ImageBind:
+    """`model.to(device, dtype)` in eval mode, except memory-mapped `LOOKUP_TABLES` on the CPU.
+
+    The text tower's token table (49,408 x 1,024) is a lookup: a query reads one row per token.
+    Loaded from the checkpoint with `mmap` (`is_file_backed`), it is left there, in the file's
+    dtype, and only the rows looked up are read in, instead of a 97 MiB bf16 copy held for good
+    (benchmarks/README.md, startup and memory); the rows are cast to the model's dtype. A table
+    in memory (random weights), or on another device, is moved and cast like the rest.
+    """
+    kept: dict[tuple[nn.Module, str], nn.Parameter] = {}
+    if device.type == "cpu":
+        for name in LOOKUP_TABLES:
+            module_name, _, attr = name.rpartition(".")
+            module = model.get_submodule(module_name)
+            if is_file_backed(model.get_parameter(name)):
+                kept[(module, attr)] = module._parameters.pop(attr)
+    try:
+        model = model.to(device=device, dtype=dtype)
+    finally:
+        for (module, attr), parameter in kept.items():
+            module.register_parameter(attr, parameter)
+    return model.eval()
+
+
+def mapped_lookup_tables(model: ImageBind) -> list[torch.Tensor]:
+    """The `LOOKUP_TABLES` that `place_model` left in the memory-mapped checkpoint."""
+    tables = (model.get_parameter(name) for name in LOOKUP_TABLES)
+    return [table for table in tables if is_file_backed(table)]
