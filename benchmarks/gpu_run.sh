@@ -3,6 +3,8 @@
 #
 #   bash benchmarks/gpu_run.sh            # from the repository root
 #   STEPS="encoder query" bash benchmarks/gpu_run.sh     # some steps only ("" installs only)
+#   MODEL=tiny DEVICE=cpu INSTALL=0 PYTHON=.venv/bin/python bash benchmarks/gpu_run.sh
+#                                      # a rehearsal of every benchmark step on a CPU, no install
 #
 # Writes under $OUT (set by the device tool) or ./gpu-results:
 #   env.txt        GPU, driver, Python, torch, what was installed and how
@@ -48,6 +50,8 @@ step() {
 PY="${PYTHON:-python3}"
 VENV="${VENV:-/tmp/search-all-gpu-venv}"
 STEPS="${STEPS-encoder query ingest}"
+MODEL="${MODEL:-imagebind_huge}"
+DEVICE="${DEVICE:-cuda}"
 wanted() { [[ " $STEPS " == *" $1 "* ]]; }
 
 # --- install ------------------------------------------------------------------------------
@@ -58,20 +62,24 @@ wanted() { [[ " $STEPS " == *" $1 "* ]]; }
     echo "python: $($PY --version 2>&1)"
 } >"$OUT/env.txt"
 
-say "== install into $VENV"
-timeout 60 "$PY" -m venv --system-site-packages "$VENV" 2>&1 | tee -a "$LOG"
-PIP=(timeout 120 "$VENV/bin/python" -m pip install -q --disable-pip-version-check)
-if ! "${PIP[@]}" --no-deps --no-build-isolation -e "$ROOT" 2>&1 | tee -a "$LOG"; then
-    say "pip install -e . failed: importing from the tree instead (PYTHONPATH)"
-fi
-# What pyproject.toml needs beyond torch, torchaudio, pillow and numpy, which the machine has.
-if [ -d "$ROOT/.whl" ]; then
-    "${PIP[@]}" --no-index --no-deps "$ROOT"/.whl/*.whl 2>&1 | tee -a "$LOG"
-else
-    "${PIP[@]}" --retries 0 --timeout 10 deeplake av pydantic ftfy regex tqdm 2>&1 | tee -a "$LOG" \
-        || say "no package index here: make ./.whl with benchmarks/gpu_wheels.sh and carry it"
-fi
 PYBIN="$VENV/bin/python"
+if [ "${INSTALL:-1}" = 0 ]; then  # PYTHON already has everything (a rehearsal on a dev machine)
+    PYBIN="$PY"
+else
+    say "== install into $VENV"
+    timeout 60 "$PY" -m venv --system-site-packages "$VENV" 2>&1 | tee -a "$LOG"
+    PIP=(timeout 120 "$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+    if ! "${PIP[@]}" --no-deps --no-build-isolation -e "$ROOT" 2>&1 | tee -a "$LOG"; then
+        say "pip install -e . failed: importing from the tree instead (PYTHONPATH)"
+    fi
+    # What pyproject.toml needs beyond torch, torchaudio, pillow and numpy, which the machine has.
+    if [ -d "$ROOT/.whl" ]; then
+        "${PIP[@]}" --no-index --no-deps "$ROOT"/.whl/*.whl 2>&1 | tee -a "$LOG"
+    else
+        "${PIP[@]}" --retries 0 --timeout 10 deeplake av pydantic ftfy regex tqdm 2>&1 | tee -a "$LOG" \
+            || say "no package index here: make ./.whl with benchmarks/gpu_wheels.sh and carry it"
+    fi
+fi
 [ -x "$PYBIN" ] || PYBIN="$PY"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -101,16 +109,16 @@ EOF
 cat "$OUT/env.txt" | tee -a "$LOG"
 
 # --- benchmarks ---------------------------------------------------------------------------
-wanted encoder && step 110 bench_encoder "$PYBIN" benchmarks/bench_encoder.py --model imagebind_huge \
-    --batches 1,8,64 --dtypes float32,float16 --repeats 3 --json "$OUT/encoder.json"
+wanted encoder && step 110 bench_encoder "$PYBIN" benchmarks/bench_encoder.py --model "$MODEL" \
+    --device "$DEVICE" --batches 1,8,64 --dtypes float32,float16 --repeats 3 --json "$OUT/encoder.json"
 
-wanted query && step 70 bench_query "$PYBIN" benchmarks/bench_query.py --model imagebind_huge --device cuda \
+wanted query && step 70 bench_query "$PYBIN" benchmarks/bench_query.py --model "$MODEL" --device "$DEVICE" \
     --dtype float16 --repeats 9 --modalities "$MODALITIES" --windows 0,2,5 --rounds 3 \
     --json "$OUT/query.json"
 
 if wanted ingest && [ -f benchmarks/bench_ingest.py ]; then
-    step 70 bench_ingest "$PYBIN" benchmarks/bench_ingest.py --models imagebind_huge \
-        --huge-images 256 --batch-size 64 --workers 0,8 --device cuda --json "$OUT/ingest.json"
+    step 70 bench_ingest "$PYBIN" benchmarks/bench_ingest.py --models "$MODEL" \
+        --images 256 --huge-images 256 --batch-size 64 --workers 0,8 --device "$DEVICE" --json "$OUT/ingest.json"
 fi
 
 say "done in $((SECONDS - START)) s; results in $OUT"
