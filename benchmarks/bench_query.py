@@ -2,32 +2,52 @@
 
     python benchmarks/bench_query.py                       # imagebind_huge, random weights
     python benchmarks/bench_query.py --model tiny --repeats 15 --json out.json
+    python benchmarks/bench_query.py --no-slack            # without the Slack path (or its extra)
 
 Part 1, one query at a time (per modality: a text, a 512x512 JPEG's bytes, a 5 s ogg/Opus
-clip's bytes). Two paths on the same inputs, alternated (A B B A ...) so that load from other
-work on the machine falls on both:
+clip's bytes). Three paths on the same encoder, store and inputs, alternated (A B C C B A ...)
+so that load from other work on the machine falls on all of them:
 
 - floor: `encoder.embed(modality, [payload])` (decode + prepare + forward, synchronous, in the
   calling thread) plus an exact numpy top-k over the store's unit matrix: what any search must
   cost;
 - service: `SearchService.search(Query(...))`: the encoder worker thread (queue, batching
   window), fusion, the page memory (SQLite file), the store's exact search with near-duplicate
-  folding, the cut-off, result items. The text cache is off (`text_cache_size=0`).
+  folding, the cut-off, result items. The text cache is off (`text_cache_size=0`);
+- slack (`--slack`, on when slack_bolt imports): a chat event to the reply, through the real
+  Bolt app (`bot.slack_bot.running_slack_bot`, HTTP mode on 127.0.0.1) holding the same service,
+  against the fake Slack Web API and file host of tests/fake_slack.py. The text is a signed
+  `/search <text> limit:N` slash command; the image and the clip are `app_mention` events
+  carrying a Slack file (photo.jpg, clip.ogg) that the bot downloads from the fake with its
+  token. The service has no speech reader (`audio=None`), so the clip is searched as a sound,
+  as in the other two paths: no speech recognition. Each request has its own user (no rate
+  limit), channel (its answer is told apart), event id and file. Timed from sending the POST to
+  (a) the reply posted: chat.postMessage received by the fake; (b) the reply complete: the
+  answer's last Web API call received (files.completeUploadExternal: the result images,
+  `--image-side` JPEGs kept in every store row, uploaded and shared in the reply's thread).
+  Also split: the ack, POST to `service.search` called (Bolt, ack, file download), the search,
+  search to chat.postMessage (reply built and posted), chat.postMessage to complete (uploads).
 
-The overhead ratio is median(service) / median(floor); the goal is <= 1.10.
+Every query's text is its own (same length in tokens as the others, so the same cost): nothing
+could come from a cache. The overhead ratio is median(path) / median(floor); the goal is <= 1.10.
+The overhead is also measured directly: the path's time minus the time the worker thread spent
+in the model (`prepare` + `forward`) during that same query, over the floor.
 
 Part 2, concurrency: 8 distinct text queries sent at once through the service (the worker
 batches them) against the same 8 awaited one by one through the same service, for several
 `batch_window_ms` values; the throughput ratio is time(one by one) / time(at once).
 
 The store is a DeepLake dataset in a temporary directory holding `--rows` random unit vectors
-of the model's dimension. Weights are random (`build_imagebind`): the real compute cost.
+of the model's dimension, each row with a JPEG (as an ingest keeps the image). Weights are
+random (`build_imagebind`): the real compute cost.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import itertools
 import json
 import os
 import queue
@@ -36,9 +56,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,14 +73,27 @@ from core.config import MediaLimits, SearchSettings  # noqa: E402
 from core.deeplake_store import DeepLakeStore  # noqa: E402
 from core.encoder import Encoder  # noqa: E402
 from core.imagebind.model import build_imagebind  # noqa: E402
+from core.imagebind.tokenizer import ClipTokenizer  # noqa: E402
 from core.page_memory import PageMemory  # noqa: E402
 from core.query import Query, Term  # noqa: E402
-from core.service import SearchService  # noqa: E402
+from core.service import SearchResult, SearchService  # noqa: E402
 from core.store import Record  # noqa: E402
 from core.worker import EncoderWorker  # noqa: E402
 
+if TYPE_CHECKING:
+    import aiohttp
+
+    from bot.slack_bot import SlackBot
+    from core.config import Settings
+    from tests.fake_slack import ApiCall, FakeSlack
+
 MODALITIES = ("text", "image", "audio")
 QUERY_TEXT = "a red sports car parked on a wet street at night"
+# Words swapped into QUERY_TEXT so that every query has its own text (see `query_texts`).
+COLOURS = ("red", "blue", "green", "white", "black", "grey", "yellow", "orange", "pink", "purple",
+           "brown", "silver")
+STREETS = ("wet", "dry", "dark", "quiet", "busy", "empty", "narrow", "wide", "long", "old")
+TIMES = ("night", "dawn", "dusk", "noon")
 
 
 @dataclass
@@ -75,6 +110,45 @@ class PathRow:
     service_search_ms: float
     floor_embed_ms: float
     floor_topk_ms: float
+
+
+@dataclass
+class ChatRow:
+    """The Slack path against the floor: (a) the reply posted, (b) the reply complete."""
+
+    modality: str
+    request: str  # what was POSTed to /slack/events
+    floor_ms: float
+    posted_ms: float  # (a) POST sent -> chat.postMessage received by the fake Slack
+    complete_ms: float  # (b) POST sent -> the answer's last Web API call (images shared)
+    posted_ratio: float
+    complete_ratio: float
+    paired_posted_ratio: float  # median of (a) / floor over the queries of the same repeat
+    paired_complete_ratio: float
+    worker_model_ms: float  # prepare + forward in the worker thread during the request
+    posted_overhead_ms: float  # (a) minus worker_model_ms
+    complete_overhead_ms: float  # (b) minus worker_model_ms
+    posted_overhead_ratio: float  # 1 + posted_overhead_ms / floor_ms
+    complete_overhead_ratio: float  # 1 + complete_overhead_ms / floor_ms
+    ack_ms: float  # POST sent -> the HTTP answer to it (Slack wants it within 3 s)
+    to_search_ms: float  # POST sent -> service.search called (Bolt, ack, the file's download)
+    search_ms: float  # service.search as the bot awaited it
+    to_post_ms: float  # search returned -> chat.postMessage received (the reply built, sent)
+    uploads_ms: float  # chat.postMessage -> complete (the result images uploaded and shared)
+    images_uploaded: float
+    api_calls: float  # Web API calls received by the fake per answer
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One query through one path: its time, the model's time inside it, the path's parts."""
+
+    total_ms: float
+    model_ms: float
+    parts: dict[str, float]
+
+
+Runner = Callable[[str, Any], Awaitable[Sample]]  # (modality, payload) -> one timed query
 
 
 @dataclass
@@ -122,19 +196,33 @@ def sample_ogg(seconds: float = 5.0) -> bytes:
     return make_audio("ogg", seconds, kind="sine", frequency=220.0)
 
 
-def build_store(path: str, dim: int, rows: int, model_name: str) -> np.ndarray:
-    """Write `rows` random unit vectors; return the unit matrix (the floor searches it)."""
+def build_store(path: str, dim: int, rows: int, model_name: str, image_side: int = 0) -> np.ndarray:
+    """Write `rows` random unit vectors, each row keeping a `image_side` JPEG as its image (0:
+    none; the same bytes in every row); return the unit matrix (the floor searches it)."""
     rng = np.random.default_rng(42)
     data = rng.standard_normal((rows, dim), dtype=np.float32)
     data /= np.linalg.norm(data, axis=1, keepdims=True)
+    jpeg = sample_jpeg(image_side) if image_side else None
     writer = DeepLakeStore.create(path, model_name=model_name, dim=dim)
     records = [
-        Record(id=f"img{i:05d}", embedding=data[i], text=f"picture {i}", source="bench")
+        Record(id=f"img{i:05d}", embedding=data[i], text=f"picture {i}", source="bench",
+               image_jpeg=jpeg, width=image_side, height=image_side)
         for i in range(rows)
     ]
-    writer.append(records)
+    for start in range(0, rows, 1500):  # a few commits (about 100 MB each at 512x512)
+        writer.append(records[start : start + 1500])
     writer.close()
     return data
+
+
+def query_texts(tokenizer: ClipTokenizer) -> Iterator[str]:
+    """Distinct texts (QUERY_TEXT first) of QUERY_TEXT's length in tokens, which sets the text
+    tower's cost: every query gets its own text, so nothing could come from a cache."""
+    want = len(tokenizer.encode(QUERY_TEXT))
+    for when, street, colour in itertools.product(TIMES, STREETS, COLOURS):
+        text = f"a {colour} sports car parked on a {street} street at {when}"
+        if len(tokenizer.encode(text)) == want:
+            yield text
 
 
 def exact_top(unit: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
@@ -176,79 +264,294 @@ class TimedEncoder:
             self.model_s += time.perf_counter() - start
 
 
-def floor_once(encoder: Encoder, unit: np.ndarray, modality: str, payload: Any, k: int) -> tuple[float, float]:
+def floor_once(encoder: Encoder, unit: np.ndarray, modality: str, payload: Any, k: int) -> Sample:
     start = time.perf_counter()
     vector = encoder.embed(modality, [payload])[0]
     embedded = time.perf_counter()
     exact_top(unit, vector, k)
     done = time.perf_counter()
-    return (embedded - start) * 1000, (done - embedded) * 1000
+    embed_ms, topk_ms = (embedded - start) * 1000, (done - embedded) * 1000
+    return Sample(embed_ms + topk_ms, embed_ms, {"embed": embed_ms, "topk": topk_ms})
 
 
 async def service_once(
     service: SearchService, timed: TimedEncoder, modality: str, payload: Any, limit: int
-) -> tuple[float, float, dict[str, float]]:
-    """Milliseconds of the whole search, of the model inside it, and the service's timings."""
+) -> Sample:
+    """The whole search, the model inside it, and the service's timings."""
     model_before = timed.model_s
     start = time.perf_counter()
     result = await service.search(Query((Term(modality, payload),), limit=limit, audio_as="sound"))
     total = (time.perf_counter() - start) * 1000
-    return total, (timed.model_s - model_before) * 1000, result.timings_ms
+    return Sample(total, (timed.model_s - model_before) * 1000, result.timings_ms)
 
 
 async def bench_paths(
-    service: SearchService,
-    timed: TimedEncoder,
-    encoder: Encoder,
-    unit: np.ndarray,
-    payloads: dict[str, Any],
+    paths: dict[str, Runner],
+    inputs: Callable[[str], Any],
     modalities: list[str],
     repeats: int,
-    limit: int,
-) -> list[PathRow]:
-    rows = []
+) -> dict[str, dict[str, list[Sample]]]:
+    """Per modality and path, `repeats` queries (after one warm-up each); the order of the
+    paths is reversed every other repeat (A B C C B A ...). `inputs` gives each query's payload."""
+    names = list(paths)
+    out: dict[str, dict[str, list[Sample]]] = {}
     for modality in modalities:
-        payload = payloads[modality]
-        floor_once(encoder, unit, modality, payload, limit)  # warm-up of both paths
-        await service_once(service, timed, modality, payload, limit)
-        floor_ms, embed_ms, topk_ms, service_ms, encode_ms, search_ms = [], [], [], [], [], []
-        model_ms: list[float] = []
+        for name in names:  # warm-up of every path
+            await paths[name](modality, inputs(modality))
+        samples: dict[str, list[Sample]] = {name: [] for name in names}
         for i in range(repeats):
-            for which in ("floor", "service") if i % 2 == 0 else ("service", "floor"):
-                if which == "floor":
-                    embed, topk = floor_once(encoder, unit, modality, payload, limit)
-                    floor_ms.append(embed + topk)
-                    embed_ms.append(embed)
-                    topk_ms.append(topk)
-                else:
-                    total, model, timings = await service_once(service, timed, modality, payload, limit)
-                    service_ms.append(total)
-                    model_ms.append(model)
-                    encode_ms.append(timings.get("encode", float("nan")))
-                    search_ms.append(timings.get("search", float("nan")))
-        med = statistics.median
-        row = PathRow(
-            modality,
-            med(floor_ms),
-            med(service_ms),
-            med(service_ms) / med(floor_ms),
-            med(s / f for s, f in zip(service_ms, floor_ms, strict=True)),
-            med(model_ms),
-            med(s - m for s, m in zip(service_ms, model_ms, strict=True)),
-            1 + med(s - m for s, m in zip(service_ms, model_ms, strict=True)) / med(floor_ms),
-            med(encode_ms),
-            med(search_ms),
-            med(embed_ms),
-            med(topk_ms),
-        )
+            for name in names if i % 2 == 0 else names[::-1]:
+                samples[name].append(await paths[name](modality, inputs(modality)))
+        out[modality] = samples
+        print_modality(modality, samples)
+    return out
+
+
+def path_row(modality: str, floor: list[Sample], service: list[Sample]) -> PathRow:
+    med = statistics.median
+    floor_ms = med(s.total_ms for s in floor)
+    service_ms = med(s.total_ms for s in service)
+    overhead = med(s.total_ms - s.model_ms for s in service)
+    return PathRow(
+        modality,
+        floor_ms,
+        service_ms,
+        service_ms / floor_ms,
+        med(s.total_ms / f.total_ms for s, f in zip(service, floor, strict=True)),
+        med(s.model_ms for s in service),
+        overhead,
+        1 + overhead / floor_ms,
+        med(s.parts.get("encode", float("nan")) for s in service),
+        med(s.parts.get("search", float("nan")) for s in service),
+        med(s.parts["embed"] for s in floor),
+        med(s.parts["topk"] for s in floor),
+    )
+
+
+def chat_row(modality: str, floor: list[Sample], slack: list[Sample]) -> ChatRow:
+    med = statistics.median
+    floor_ms = med(s.total_ms for s in floor)
+    posted = [s.total_ms for s in slack]
+    complete = [s.parts["complete"] for s in slack]
+    posted_overhead = med(s.total_ms - s.model_ms for s in slack)
+    complete_overhead = med(s.parts["complete"] - s.model_ms for s in slack)
+
+    def part(name: str) -> float:
+        return med(s.parts[name] for s in slack)
+
+    return ChatRow(
+        modality=modality,
+        request=SLACK_REQUESTS[modality],
+        floor_ms=floor_ms,
+        posted_ms=med(posted),
+        complete_ms=med(complete),
+        posted_ratio=med(posted) / floor_ms,
+        complete_ratio=med(complete) / floor_ms,
+        paired_posted_ratio=med(p / f.total_ms for p, f in zip(posted, floor, strict=True)),
+        paired_complete_ratio=med(c / f.total_ms for c, f in zip(complete, floor, strict=True)),
+        worker_model_ms=med(s.model_ms for s in slack),
+        posted_overhead_ms=posted_overhead,
+        complete_overhead_ms=complete_overhead,
+        posted_overhead_ratio=1 + posted_overhead / floor_ms,
+        complete_overhead_ratio=1 + complete_overhead / floor_ms,
+        ack_ms=part("ack"),
+        to_search_ms=part("to_search"),
+        search_ms=part("search"),
+        to_post_ms=part("to_post"),
+        uploads_ms=part("uploads"),
+        images_uploaded=part("images_uploaded"),
+        api_calls=part("api_calls"),
+    )
+
+
+def print_modality(modality: str, samples: dict[str, list[Sample]]) -> None:
+    row = path_row(modality, samples["floor"], samples["service"])
+    print(
+        f"  {modality:5s} floor {row.floor_ms:9.1f} ms  service {row.service_ms:9.1f} ms"
+        f"  ratio {row.ratio:.3f} (paired {row.paired_ratio:.3f}); model in the worker "
+        f"{row.worker_model_ms:.1f} ms, overhead {row.overhead_ms:.1f} ms -> {row.overhead_ratio:.3f}",
+        flush=True,
+    )
+    if "slack" in samples:
+        chat = chat_row(modality, samples["floor"], samples["slack"])
         print(
-            f"  {modality:5s} floor {row.floor_ms:9.1f} ms  service {row.service_ms:9.1f} ms"
-            f"  ratio {row.ratio:.3f} (paired {row.paired_ratio:.3f}); model in the worker "
-            f"{row.worker_model_ms:.1f} ms, overhead {row.overhead_ms:.1f} ms -> {row.overhead_ratio:.3f}",
+            f"  {'':5s} slack (a) posted {chat.posted_ms:9.1f} ms ratio {chat.posted_ratio:.3f} "
+            f"(paired {chat.paired_posted_ratio:.3f}), (b) complete {chat.complete_ms:9.1f} ms ratio "
+            f"{chat.complete_ratio:.3f} (paired {chat.paired_complete_ratio:.3f}); model in the worker "
+            f"{chat.worker_model_ms:.1f} ms, overhead (a) {chat.posted_overhead_ms:.1f} ms -> "
+            f"{chat.posted_overhead_ratio:.3f}, (b) {chat.complete_overhead_ms:.1f} ms -> "
+            f"{chat.complete_overhead_ratio:.3f}",
             flush=True,
         )
-        rows.append(row)
-    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Part 1, the chat path: the Slack bot's HTTP endpoint, on 127.0.0.1
+
+
+SLACK_TOKEN = "xoxb-bench-query"
+SLACK_SECRET = "bench-query-signing-secret"
+FORM = "application/x-www-form-urlencoded"
+SLACK_FILES = {"image": ("photo.jpg", "image/jpeg"), "audio": ("clip.ogg", "audio/ogg")}
+SLACK_REQUESTS = {
+    "text": "signed /search <text> limit:N slash command",
+    "image": "signed app_mention event with photo.jpg (image/jpeg) as a Slack file",
+    "audio": "signed app_mention event with clip.ogg (audio/ogg) as a Slack file, searched as a sound",
+}
+
+
+def slack_importable() -> bool:
+    try:
+        for name in ("slack_bolt", "slack_sdk"):
+            importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+class SearchSpy:
+    """The service as the bot holds it, noting when each search starts and ends."""
+
+    def __init__(self, service: SearchService):
+        self.inner = service
+        self.spans: list[tuple[float, float]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def search(self, query: Query) -> SearchResult:
+        start = time.perf_counter()
+        try:
+            return await self.inner.search(query)
+        finally:
+            self.spans.append((start, time.perf_counter()))
+
+
+class ErrorToldError(RuntimeError):
+    """The bot answered a benchmark query with an error message."""
+
+
+@dataclass
+class SlackPath:
+    """Queries sent to the real Bolt app as Slack sends them; their answers read at the fake."""
+
+    fake: FakeSlack
+    bot: SlackBot
+    http: aiohttp.ClientSession
+    spy: SearchSpy
+    timed: TimedEncoder
+    limit: int
+    timeout_s: float
+    serial: int = 0
+
+    @property
+    def url(self) -> str:
+        from bot.slack_bot import EVENTS_PATH
+
+        assert self.bot.address is not None
+        return f"http://127.0.0.1:{self.bot.address[1]}{EVENTS_PATH}"
+
+    def request(self, modality: str, payload: Any, n: int) -> tuple[str, str]:
+        """The body and content type of query `n`: its own user, channel, event id and file."""
+        from tests.fake_slack import BOT_USER_ID, command_body, event_payload, message_event
+
+        user, channel = f"U0BENCH{n:05d}", f"C0BENCH{n:05d}"
+        if modality == "text":
+            body = command_body(f"{payload} limit:{self.limit}", user=user, channel=channel,
+                                response_url=self.fake.response_url(f"bench-{n}"))
+            return body, FORM
+        name, mimetype = SLACK_FILES[modality]
+        file = self.fake.add_file(name, payload, mimetype)
+        event = message_event("app_mention", f"<@{BOT_USER_ID}> limit:{self.limit}", user=user,
+                              channel=channel, ts=f"1700000000.{n:06d}", files=[file])
+        return json.dumps(event_payload(event, event_id=f"Ev0BENCH{n:06d}")), "application/json"
+
+    async def once(self, modality: str, payload: Any) -> Sample:
+        """Send one query, wait (bounded) for its reply and for the bot to finish it."""
+        from tests.fake_slack import signed_headers
+
+        self.serial += 1
+        body, content_type = self.request(modality, payload, self.serial)
+        headers = {"Content-Type": content_type, **signed_headers(SLACK_SECRET, body)}
+        first_call, first_search, model_before = len(self.fake.calls), len(self.spy.spans), self.timed.model_s
+        async with asyncio.timeout(self.timeout_s):
+            start = time.perf_counter()
+            async with self.http.post(self.url, data=body.encode(), headers=headers) as response:
+                await response.read()
+                status = response.status
+            acked = time.perf_counter()
+            if status != 200:
+                raise RuntimeError(f"/slack/events answered HTTP {status} to a {modality} query")
+            await self.fake.wait_for(lambda: self.answered(first_call), timeout=self.timeout_s)
+            await self.bot.drain()  # the uploads of the result images
+        calls = self.fake.calls[first_call:]
+        self.check(calls)
+        ((search_start, search_end),) = self.spy.spans[first_search:]
+        (posted,) = [c.at for c in calls if c.method == "chat.postMessage" and c.status == 200]
+        last = max(c.at for c in calls)
+
+        def ms(a: float, b: float) -> float:
+            return (b - a) * 1000
+
+        return Sample(ms(start, posted), (self.timed.model_s - model_before) * 1000, {
+            "complete": ms(start, last),
+            "ack": ms(start, acked),
+            "to_search": ms(start, search_start),
+            "search": ms(search_start, search_end),
+            "to_post": ms(search_end, posted),
+            "uploads": ms(posted, last),
+            "images_uploaded": float(sum(c.method == "files.getUploadURLExternal" for c in calls)),
+            "api_calls": float(len(calls)),
+        })
+
+    def answered(self, first_call: int) -> bool:
+        """A reply posted, or an error told (to the user only, or to the command's response_url)."""
+        calls = self.fake.calls[first_call:]
+        return bool(self.fake.responses) or any(
+            c.method in ("chat.postMessage", "chat.postEphemeral") and c.status == 200 for c in calls
+        )
+
+    def check(self, calls: list[ApiCall]) -> None:
+        told = [str(c.params.get("text")) for c in calls if c.method == "chat.postEphemeral"]
+        told += [str(r.get("text")) for r in self.fake.responses]
+        if told:
+            raise ErrorToldError(f"the bot answered with an error: {told[0]}")
+
+
+def slack_settings(fake: FakeSlack, search: SearchSettings) -> Settings:
+    """The bot's settings: the fake's Web API and file host, HTTP on 127.0.0.1 (a free port),
+    the benchmark's search settings; no speech recogniser, no health endpoint, no refreshes."""
+    from core.config import Settings
+
+    return Settings.model_validate({
+        "search": search.model_dump(),
+        "slack": {"api_base_url": fake.api_url, "host": "127.0.0.1", "port": 0, "file_hosts": [fake.host]},
+        "speech": {"engine": "none"},
+        "ops": {"health_port": 0, "refresh_seconds": 0},
+    })
+
+
+@asynccontextmanager
+async def slack_path(
+    service: SearchService, timed: TimedEncoder, search: SearchSettings, limit: int, timeout_s: float
+) -> AsyncIterator[SlackPath]:
+    """The fake Slack and the bot (holding `service`) running on 127.0.0.1 until exit."""
+    import aiohttp
+
+    from bot.slack_bot import running_slack_bot
+    from core.config import Secrets
+    from tests.fake_slack import FakeSlack
+
+    secrets = Secrets(slack_bot_token=SLACK_TOKEN, slack_signing_secret=SLACK_SECRET)
+    spy = SearchSpy(service)
+    async with FakeSlack(bot_token=SLACK_TOKEN) as fake:
+        settings = slack_settings(fake, search)
+        async with (
+            running_slack_bot(spy, settings, secrets, socket_mode=False) as bot,  # type: ignore[arg-type]
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http,
+        ):
+            yield SlackPath(fake, bot, http, spy, timed, limit, timeout_s)
+
 
 
 def thread_check(encoder: Encoder, payloads: dict[str, Any], modalities: list[str], repeats: int) -> dict[str, dict[str, float]]:
@@ -386,28 +689,22 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     settings = SearchSettings()  # folding at cosine 0.95, 4 candidates per result
     results: dict[str, Any] = {"machine": machine(), "model": args.model, "dtype": args.dtype,
                                "device": str(device) + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""),
-                               "rows": args.rows, "repeats": args.repeats}
+                               "rows": args.rows, "repeats": args.repeats, "image_side": args.image_side}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         path = str(Path(tmp) / "store")
         start = time.perf_counter()
-        unit = build_store(path, encoder.dim, args.rows, args.model)
+        unit = build_store(path, encoder.dim, args.rows, args.model, args.image_side)
         store = DeepLakeStore.open(path, expect_model=args.model, mode="exact")
         pages = PageMemory(Path(tmp) / "pages.sqlite")
-        print(f"store: {args.rows:,} rows of {encoder.dim}-d in {time.perf_counter() - start:.1f} s\n")
+        kept = f", each with a {args.image_side}x{args.image_side} JPEG" if args.image_side else ""
+        print(f"store: {args.rows:,} rows of {encoder.dim}-d{kept} in {time.perf_counter() - start:.1f} s\n")
         try:
             if args.thread_check:
                 print(f"model in the main thread against another thread, median of {args.repeats}:", flush=True)
                 results["thread_check"] = thread_check(encoder, payloads, modalities, args.repeats)
                 print()
             if args.repeats > 0:
-                print(f"query path, median of {args.repeats} (batch window {args.window} ms):", flush=True)
-                timed = TimedEncoder(encoder)
-                worker = EncoderWorker(timed, batch_window_ms=args.window, max_batch_size=8)  # type: ignore[arg-type]
-                async with worker:
-                    service = SearchService(worker, store, settings, text_cache_size=0, pages=pages)
-                    rows = await bench_paths(service, timed, encoder, unit, payloads, modalities, args.repeats, args.limit)
-                results["query_path"] = [asdict(r) for r in rows]
-                results["query_path_window_ms"] = args.window
+                results.update(await query_paths(args, encoder, store, settings, pages, unit, payloads, modalities))
             if windows:
                 print(f"\nconcurrency: {args.queries} distinct texts, median of {args.rounds} rounds:", flush=True)
                 conc = await bench_concurrency(
@@ -418,6 +715,55 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             pages.close()
             store.close()
     return results
+
+
+async def query_paths(
+    args: argparse.Namespace,
+    encoder: Encoder,
+    store: DeepLakeStore,
+    settings: SearchSettings,
+    pages: PageMemory,
+    unit: np.ndarray,
+    payloads: dict[str, Any],
+    modalities: list[str],
+) -> dict[str, Any]:
+    """Part 1: floor, service and (with `--slack`) the Slack bot, over one encoder and store."""
+    paths = "floor, service, slack" if args.slack else "floor, service"
+    print(f"query path ({paths}), median of {args.repeats} (batch window {args.window} ms):", flush=True)
+    texts = query_texts(encoder.tokenizer)
+
+    def inputs(modality: str) -> Any:
+        if modality != "text":
+            return payloads[modality]
+        text = next(texts, None)
+        if text is None:
+            raise SystemExit("more text queries than distinct texts of the same length: lower --repeats")
+        return text
+
+    timed = TimedEncoder(encoder)
+    worker = EncoderWorker(timed, batch_window_ms=args.window, max_batch_size=8)  # type: ignore[arg-type]
+    async with worker:
+        service = SearchService(worker, store, settings, text_cache_size=0, pages=pages)
+
+        async def floor(modality: str, payload: Any) -> Sample:
+            return floor_once(encoder, unit, modality, payload, args.limit)
+
+        async def through_service(modality: str, payload: Any) -> Sample:
+            return await service_once(service, timed, modality, payload, args.limit)
+
+        runners: dict[str, Runner] = {"floor": floor, "service": through_service}
+        if not args.slack:
+            samples = await bench_paths(runners, inputs, modalities, args.repeats)
+        else:
+            async with slack_path(service, timed, settings, args.limit, args.slack_timeout) as chat:
+                samples = await bench_paths({**runners, "slack": chat.once}, inputs, modalities, args.repeats)
+    out: dict[str, Any] = {
+        "query_path": [asdict(path_row(m, s["floor"], s["service"])) for m, s in samples.items()],
+        "query_path_window_ms": args.window,
+    }
+    if args.slack:
+        out["chat_path"] = [asdict(chat_row(m, s["floor"], s["slack"])) for m, s in samples.items()]
+    return out
 
 
 def print_tables(results: dict[str, Any]) -> None:
@@ -431,6 +777,8 @@ def print_tables(results: dict[str, Any]) -> None:
                 f"| {r['paired_ratio']:.3f} | {r['worker_model_ms']:.1f} | {r['overhead_ms']:.1f} "
                 f"| {r['overhead_ratio']:.3f} | {r['service_search_ms']:.2f} | {r['floor_topk_ms']:.2f} |"
             )
+    if "chat_path" in results:
+        print_chat_table(results["chat_path"])
     if "concurrency" in results:
         print("\n| batch window ms | 8 one by one ms | 8 at once ms | throughput ratio | forward passes (size: count) |")
         print("|---:|---:|---:|---:|---|")
@@ -443,15 +791,48 @@ def print_tables(results: dict[str, Any]) -> None:
               f"median of the per-round ratios: x{pooled:.2f}")
 
 
+def print_chat_table(rows: list[dict[str, Any]]) -> None:
+    """The Slack path: (a) POST to the reply posted, (b) POST to the reply complete (images
+    shared), each against the floor; then where the time goes."""
+    print("\nSlack path (POST to /slack/events -> (a) chat.postMessage, (b) the answer's last Web API call):")
+    print("\n| modality | floor ms | (a) posted ms | (a) / floor | (a) paired | (b) complete ms | (b) / floor "
+          "| (b) paired | model in worker ms | (a) overhead ms | 1 + (a) overhead / floor "
+          "| (b) overhead ms | 1 + (b) overhead / floor |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['modality']} | {r['floor_ms']:.1f} | {r['posted_ms']:.1f} | {r['posted_ratio']:.3f} "
+            f"| {r['paired_posted_ratio']:.3f} | {r['complete_ms']:.1f} | {r['complete_ratio']:.3f} "
+            f"| {r['paired_complete_ratio']:.3f} | {r['worker_model_ms']:.1f} | {r['posted_overhead_ms']:.1f} "
+            f"| {r['posted_overhead_ratio']:.3f} | {r['complete_overhead_ms']:.1f} "
+            f"| {r['complete_overhead_ratio']:.3f} |"
+        )
+    print("\n| modality | ack ms | POST to search ms | search ms | search to posted ms | posted to complete ms "
+          "| images uploaded | Web API calls |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['modality']} | {r['ack_ms']:.1f} | {r['to_search_ms']:.1f} | {r['search_ms']:.1f} "
+            f"| {r['to_post_ms']:.1f} | {r['uploads_ms']:.1f} | {r['images_uploaded']:g} | {r['api_calls']:g} |"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="imagebind_huge", choices=["imagebind_huge", "tiny"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--rows", type=int, default=6000)
+    parser.add_argument("--image-side", type=int, default=512,
+                        help="side of the JPEG every store row keeps (the Slack replies upload those "
+                             "of their results); 0: rows keep no image")
     parser.add_argument("--repeats", type=int, default=5, help="queries per path and modality (median); 0 skips part 1")
     parser.add_argument("--modalities", default=",".join(MODALITIES))
     parser.add_argument("--window", type=float, default=5.0, help="batch_window_ms for part 1 (the default config)")
+    parser.add_argument("--slack", action=argparse.BooleanOptionalAction, default=None,
+                        help="the Slack path in part 1 (default: when slack_bolt imports)")
+    parser.add_argument("--slack-timeout", type=float, default=300.0,
+                        help="seconds one Slack query may take, its uploads included")
     parser.add_argument("--windows", default="0,2,5,10,20", help="batch windows for part 2 (empty skips it)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of 8 queries per window and mode")
     parser.add_argument("--queries", type=int, default=8, help="concurrent queries in part 2")
@@ -461,6 +842,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="where the temporary store goes")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
+    if args.slack is None:
+        args.slack = slack_importable()
+    elif args.slack and not slack_importable():
+        parser.error("--slack needs slack_bolt and slack_sdk (pip install -e '.[slack]')")
     started = time.perf_counter()
     results = asyncio.run(main_async(args))
     print_tables(results)

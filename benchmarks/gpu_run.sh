@@ -113,7 +113,7 @@ wanted encoder && step 110 bench_encoder "$PYBIN" benchmarks/bench_encoder.py --
     --device "$DEVICE" --batches 1,8,64 --dtypes float32,float16 --repeats 3 --json "$OUT/encoder.json"
 
 wanted query && step 70 bench_query "$PYBIN" benchmarks/bench_query.py --model "$MODEL" --device "$DEVICE" \
-    --dtype float16 --repeats 9 --modalities "$MODALITIES" --windows 0,2,5 --rounds 3 \
+    --dtype float16 --repeats 9 --modalities "$MODALITIES" --windows 0,2,5 --rounds 3 --no-slack --image-side 0 \
     --json "$OUT/query.json"
 
 if wanted ingest && [ -f benchmarks/bench_ingest.py ]; then
