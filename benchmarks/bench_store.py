@@ -13,6 +13,11 @@ it writes a DeepLake dataset through `DeepLakeStore`, then times k-nearest searc
 - store index: `DeepLakeStore.search` in index mode (TQL over-fetch, exact re-rank),
 - the same two after forcing DeepLake's vector index to be built (build time reported).
 
+Memory (Linux), each in a fresh child process so that nothing this one allocated and freed
+is counted: what opening the store and its first search add to the child's resident memory
+(the exact table), the peak it adds while building the index (VmHWM), and what opening the
+indexed dataset and its first TQL query add.
+
 Filters: "1/1000" keeps one row in a thousand (a word no other row contains), "1/2" half of
 them; "cold" is the first search with a word (its mask is computed), "warm" a repeat.
 """
@@ -20,9 +25,11 @@ them; "cold" is the first search with a word (its mask is computed), "warm" a re
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +64,37 @@ def machine() -> str:
         f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()},"
         f" numpy {np.__version__}, deeplake {deeplake.__version__}"
     )
+
+
+def rss_mib() -> tuple[float, float]:
+    """This process's resident memory and its peak (VmRSS, VmHWM), in MiB."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def memory_child(path: str, what: str, query: list[float], k: int) -> dict[str, float]:
+    """(child) Resident MiB added by the exact table (`what="table"`), by building the index
+    (its peak, `"index"`), or by opening the indexed dataset for a query (`"index-query"`)."""
+    q = np.asarray(query, dtype=np.float32)
+    before, _ = rss_mib()
+    if what == "table":
+        store = DeepLakeStore.open(path, mode="exact")
+        store.search(q, k)
+        return {"table_mib": rss_mib()[0] - before}
+    if what == "index-query":
+        tql_rows(deeplake.open_read_only(path), q, k)
+        return {"index_query_mib": rss_mib()[0] - before}
+    writer = DeepLakeStore.open(path, read_only=False)
+    build_s = writer.build_index()
+    return {"build_s": build_s, "build_peak_mib": rss_mib()[1] - before}
+
+
+def measure_in_child(path: str, what: str, query: np.ndarray, k: int) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-child", path, what, json.dumps(query.tolist()), str(k)],
+        capture_output=True, text=True, check=True, timeout=3600,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def make_data(
@@ -116,88 +154,118 @@ def tql_rows(ds: deeplake.ReadOnlyDataset, q: np.ndarray, k: int) -> list[int]:
     return [int(i) for i in view["id"][:]]
 
 
-def bench_one(n: int, kind: str, args: argparse.Namespace, workdir: Path) -> list[Row]:
-    out: list[Row] = []
-    k, dim = args.k, args.dim
-    data, queries = make_data(n, dim, kind, args.queries, seed=n)
-    texts = texts_for(n)
-    path = str(workdir / f"{kind}-{n}")
+@dataclass
+class Truths:
+    """The exact answers the other methods are scored against."""
 
+    all: list[np.ndarray]
+    rare: list[np.ndarray]  # filter 1/1000
+    red: list[np.ndarray]  # filter 1/2
+
+
+def write_dataset(path: str, data: np.ndarray, texts: list[str]) -> float:
     start = time.perf_counter()
-    writer = DeepLakeStore.create(path, model_name="bench", dim=dim)
-    for lo in range(0, n, 50_000):
+    writer = DeepLakeStore.create(path, model_name="bench", dim=data.shape[1])
+    for lo in range(0, len(data), 50_000):
         writer.append(
             [
                 Record(id=str(i), embedding=data[i], text=texts[i], source="bench")
-                for i in range(lo, min(n, lo + 50_000))
+                for i in range(lo, min(len(data), lo + 50_000))
             ]
         )
-    write_s = time.perf_counter() - start
+    writer.close()
+    return time.perf_counter() - start
+
+
+def rare_words(queries: np.ndarray) -> list[str]:
+    return [f"tag{j:04d}" for j in range(len(queries))]
+
+
+def filtered(s: DeepLakeStore, queries: np.ndarray, words: Sequence[str], k: int) -> list[Callable[[], list[int]]]:
+    return [
+        lambda q=q, w=w: [int(h.id) for h in s.search(q, k, include=[w])]
+        for q, w in zip(queries, words, strict=True)
+    ]
+
+
+def bench_exact(path: str, data: np.ndarray, queries: np.ndarray, k: int, add: Callable[..., None],
+                write_s: float) -> Truths:
+    """numpy and the store's exact search (unfiltered, filtered); the exact answers."""
+    n, dim = data.shape
     start = time.perf_counter()
     store = DeepLakeStore.open(path, mode="exact")
     load_s = time.perf_counter() - start
-
     unit = data / np.linalg.norm(data, axis=1, keepdims=True)
-    truth = [exact_top(unit, q, k) for q in queries]
+    truths = Truths(
+        all=[exact_top(unit, q, k) for q in queries],
+        rare=[exact_top(unit, q, k, np.arange(j, n, 1000)) for j, q in enumerate(queries)],
+        red=[exact_top(unit, q, k, np.arange(1, n, 2)) for q in queries],
+    )
+    ms, got = timed([lambda q=q: exact_top(unit, q, k) for q in queries])
+    add("numpy exact", ms, recall(got, truths.all), f"write {write_s:.1f} s, store load {load_s:.1f} s")
+    ms, got = timed([lambda q=q: [int(h.id) for h in store.search(q, k)] for q in queries])
+    table = measure_in_child(path, "table", queries[0], k)
+    add("store exact", ms, recall(got, truths.all),
+        f"resident +{table['table_mib']:.0f} MiB (the vectors: {n * dim * 4 / 2**20:.0f} MiB)")
+    rare = rare_words(queries)
+    ms, got = timed(filtered(store, queries, rare, k))
+    add("store exact, filter 1/1000, cold", ms, recall(got, truths.rare))
+    ms, got = timed(filtered(store, queries, rare, k))
+    add("store exact, filter 1/1000, warm", ms, recall(got, truths.rare))
+    store.search(queries[0], k, include=["red"])
+    ms, got = timed(filtered(store, queries, ["red"] * len(queries), k))
+    add("store exact, filter 1/2, warm", ms, recall(got, truths.red))
+    store.close()
+    return truths
+
+
+def bench_deeplake(path: str, n: int, queries: np.ndarray, truths: Truths, args: argparse.Namespace,
+                   add: Callable[..., None]) -> None:
+    """DeepLake's own search: a TQL scan, then (unless --no-index) its vector index."""
+    k = args.k
+    if n <= args.max_scan_rows:
+        raw = deeplake.open_read_only(path)
+        ms, got = timed([lambda q=q: tql_rows(raw, q, k) for q in queries])
+        add("TQL scan (no index)", ms, recall(got, truths.all))
+        via = DeepLakeStore.open(path, mode="index")
+        ms, got = timed([lambda q=q: [int(h.id) for h in via.search(q, k)] for q in queries])
+        add("store index mode, no index", ms, recall(got, truths.all), "TQL scan + exact re-rank")
+        ms, got = timed(filtered(via, queries, rare_words(queries), k))
+        add("store index mode, filter 1/1000", ms, recall(got, truths.rare), "TQL WHERE ILIKE")
+    if args.no_index:
+        return
+    built = measure_in_child(path, "index", queries[0], k)  # the child builds and commits it
+    built |= measure_in_child(path, "index-query", queries[0], k)
+    raw = deeplake.open_read_only(path)
+    first = time.perf_counter()
+    tql_rows(raw, queries[0], k)
+    first_ms = (time.perf_counter() - first) * 1000
+    ms, got = timed([lambda q=q: tql_rows(raw, q, k) for q in queries])
+    add(
+        "TQL with clustered index",
+        ms,
+        recall(got, truths.all),
+        f"build {built['build_s']:.1f} s (peak +{built['build_peak_mib']:.0f} MiB), first query"
+        f" {first_ms:.0f} ms (resident +{built['index_query_mib']:.0f} MiB)",
+    )
+    for candidates in (400, 100):
+        via = DeepLakeStore.open(path, mode="index", index_candidates=candidates)
+        ms, got = timed([lambda q=q: [int(h.id) for h in via.search(q, k)] for q in queries])
+        add("store index mode, with index", ms, recall(got, truths.all), f"{candidates} candidates re-ranked")
+
+
+def bench_one(n: int, kind: str, args: argparse.Namespace, workdir: Path) -> list[Row]:
+    out: list[Row] = []
 
     def add(method: str, ms: float, rec: float, note: str = "") -> None:
         out.append(Row(n, kind, method, ms, rec, note))
 
-    ms, got = timed([lambda q=q: exact_top(unit, q, k) for q in queries])
-    add("numpy exact", ms, recall(got, truth), f"write {write_s:.1f} s, store load {load_s:.1f} s")
-    ms, got = timed([lambda q=q: [int(h.id) for h in store.search(q, k)] for q in queries])
-    add("store exact", ms, recall(got, truth))
-
-    rare = [f"tag{j:04d}" for j in range(len(queries))]
-    rare_rows = [np.arange(j, n, 1000) for j in range(len(queries))]
-    rare_truth = [exact_top(unit, q, k, r) for q, r in zip(queries, rare_rows, strict=True)]
-    red_truth = [exact_top(unit, q, k, np.arange(1, n, 2)) for q in queries]
-
-    def filtered(s: DeepLakeStore, words: Sequence[str]) -> list[Callable[[], list[int]]]:
-        return [
-            lambda q=q, w=w: [int(h.id) for h in s.search(q, k, include=[w])]
-            for q, w in zip(queries, words, strict=True)
-        ]
-
-    ms, got = timed(filtered(store, rare))
-    add("store exact, filter 1/1000, cold", ms, recall(got, rare_truth))
-    ms, got = timed(filtered(store, rare))
-    add("store exact, filter 1/1000, warm", ms, recall(got, rare_truth))
-    store.search(queries[0], k, include=["red"])
-    ms, got = timed(filtered(store, ["red"] * len(queries)))
-    add("store exact, filter 1/2, warm", ms, recall(got, red_truth))
-
-    if n <= args.max_scan_rows:
-        raw = deeplake.open_read_only(path)
-        ms, got = timed([lambda q=q: tql_rows(raw, q, k) for q in queries])
-        add("TQL scan (no index)", ms, recall(got, truth))
-        via = DeepLakeStore.open(path, mode="index")
-        ms, got = timed([lambda q=q: [int(h.id) for h in via.search(q, k)] for q in queries])
-        add("store index mode, no index", ms, recall(got, truth), "TQL scan + exact re-rank")
-        ms, got = timed(filtered(via, rare))
-        add("store index mode, filter 1/1000", ms, recall(got, rare_truth), "TQL WHERE ILIKE")
-
-    if not args.no_index:
-        build_s = writer.build_index()
-        raw = deeplake.open_read_only(path)
-        first = time.perf_counter()
-        tql_rows(raw, queries[0], k)
-        first_ms = (time.perf_counter() - first) * 1000
-        ms, got = timed([lambda q=q: tql_rows(raw, q, k) for q in queries])
-        add(
-            "TQL with clustered index",
-            ms,
-            recall(got, truth),
-            f"build {build_s:.1f} s, first query {first_ms:.0f} ms",
-        )
-        via = DeepLakeStore.open(path, mode="index")
-        ms, got = timed([lambda q=q: [int(h.id) for h in via.search(q, k)] for q in queries])
-        add("store index mode, with index", ms, recall(got, truth), "400 candidates re-ranked")
-        via = DeepLakeStore.open(path, mode="index", index_candidates=100)
-        ms, got = timed([lambda q=q: [int(h.id) for h in via.search(q, k)] for q in queries])
-        add("store index mode, with index", ms, recall(got, truth), "100 candidates re-ranked")
-    writer.close()
-    store.close()
+    path = str(workdir / f"{kind}-{n}")
+    data, queries = make_data(n, args.dim, kind, args.queries, seed=n)
+    write_s = write_dataset(path, data, texts_for(n))
+    truths = bench_exact(path, data, queries, args.k, add, write_s)
+    del data  # GBs at 1M rows: not held while DeepLake builds its index
+    bench_deeplake(path, n, queries, truths, args, add)
     return out
 
 
@@ -224,7 +292,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--max-scan-rows", type=int, default=200_000, help="skip TQL scans above this size"
     )
     parser.add_argument("--workdir", type=Path, default=None, help="where datasets are written")
+    parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.memory_child:
+        path, what, query, k = args.memory_child
+        print(json.dumps(memory_child(path, what, json.loads(query), int(k))))
+        return
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",")]
     kinds = args.kinds.split(",")
 
