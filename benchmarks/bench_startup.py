@@ -45,7 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.host import cpu_name, load_average  # noqa: E402
+from benchmarks.host import cpu_name, load_average, proc_status  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY_TEXT = "a red sports car parked on a wet street at night"
@@ -62,16 +62,6 @@ def machine() -> str:
     except (OSError, ValueError, IndexError):
         pass
     return f"{cpu_name()}, {os.cpu_count()} cores{mem}{load_average()}"
-
-
-def proc_status() -> dict[str, float]:
-    """VmRSS, RssAnon, RssFile and VmHWM of this process, in MiB."""
-    out: dict[str, float] = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
-            out[key] = int(value.split()[0]) / 1024
-    return out
 
 
 # --------------------------------------------------------------------------------------------

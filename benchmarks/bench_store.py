@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import deeplake  # noqa: E402
 
-from benchmarks.host import cpu_name  # noqa: E402
+from benchmarks.host import cpu_name, proc_status  # noqa: E402
 
 from core.deeplake_store import DeepLakeStore  # noqa: E402
 from core.store import Record  # noqa: E402
@@ -66,27 +66,21 @@ def machine() -> str:
     )
 
 
-def rss_mib() -> tuple[float, float]:
-    """This process's resident memory and its peak (VmRSS, VmHWM), in MiB."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
-
-
 def memory_child(path: str, what: str, query: list[float], k: int) -> dict[str, float]:
     """(child) Resident MiB added by the exact table (`what="table"`), by building the index
     (its peak, `"index"`), or by opening the indexed dataset for a query (`"index-query"`)."""
     q = np.asarray(query, dtype=np.float32)
-    before, _ = rss_mib()
+    before = proc_status()["VmRSS"]
     if what == "table":
         store = DeepLakeStore.open(path, mode="exact")
         store.search(q, k)
-        return {"table_mib": rss_mib()[0] - before}
+        return {"table_mib": proc_status()["VmRSS"] - before}
     if what == "index-query":
         tql_rows(deeplake.open_read_only(path), q, k)
-        return {"index_query_mib": rss_mib()[0] - before}
+        return {"index_query_mib": proc_status()["VmRSS"] - before}
     writer = DeepLakeStore.open(path, read_only=False)
     build_s = writer.build_index()
-    return {"build_s": build_s, "build_peak_mib": rss_mib()[1] - before}
+    return {"build_s": build_s, "build_peak_mib": proc_status()["VmHWM"] - before}
 
 
 def measure_in_child(path: str, what: str, query: np.ndarray, k: int) -> dict[str, float]:

@@ -31,7 +31,6 @@ from core.imagebind.model import (
     LOOKUP_TABLES,
     ImageBind,
     build_imagebind,
-    mapped_lookup_tables,
     place_model,
 )
 from core.imagebind.tokenizer import ClipTokenizer
@@ -121,11 +120,10 @@ class Encoder:
     _paged_tables: list[torch.Tensor] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.model = place_model(self.model, self.device, self.dtype)
         # Lookup tables left in the memory-mapped checkpoint are read like a file: the pages of
         # the rows a batch looked up are handed back after it (the page cache keeps them), so
         # the process never holds more of the table than one batch's rows.
-        self._paged_tables = mapped_lookup_tables(self.model)
+        self.model, self._paged_tables = place_model(self.model, self.device, self.dtype)
 
     @classmethod
     def load(cls, settings: ModelSettings, limits: MediaLimits, *, progress: bool = True) -> Encoder:

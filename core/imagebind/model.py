@@ -273,8 +273,11 @@ def build_imagebind(
     return model.eval()
 
 
-def place_model(model: ImageBind, device: torch.device, dtype: torch.dtype) -> ImageBind:
-    """`model.to(device, dtype)` in eval mode, except memory-mapped `LOOKUP_TABLES` on the CPU.
+def place_model(
+    model: ImageBind, device: torch.device, dtype: torch.dtype
+) -> tuple[ImageBind, list[torch.Tensor]]:
+    """`model.to(device, dtype)` in eval mode, except memory-mapped `LOOKUP_TABLES` on the CPU;
+    returns the model and the tables it left in the file.
 
     The text tower's token table (49,408 x 1,024) is a lookup: a query reads one row per token.
     Loaded from the checkpoint with `mmap` (`is_file_backed`), it is left there, in the file's
@@ -294,10 +297,4 @@ def place_model(model: ImageBind, device: torch.device, dtype: torch.dtype) -> I
     finally:
         for (module, attr), parameter in kept.items():
             module.register_parameter(attr, parameter)
-    return model.eval()
-
-
-def mapped_lookup_tables(model: ImageBind) -> list[torch.Tensor]:
-    """The `LOOKUP_TABLES` that `place_model` left in the memory-mapped checkpoint."""
-    tables = (model.get_parameter(name) for name in LOOKUP_TABLES)
-    return [table for table in tables if is_file_backed(table)]
+    return model.eval(), list(kept.values())
