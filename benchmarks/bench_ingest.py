@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.host import cpu_name  # noqa: E402
 from core.config import MediaLimits  # noqa: E402
-from core.deeplake_store import DeepLakeStore  # noqa: E402
 from core.encoder import Encoder, resolve_dtype  # noqa: E402
 from core.imagebind.model import build_imagebind  # noqa: E402
+from core.store.deeplake_store import DeepLakeStore  # noqa: E402
 from ingest.pipeline import ingest  # noqa: E402
-from ingest.sources import FolderSource  # noqa: E402
+from ingest.sources.folder import FolderSource  # noqa: E402
 
 
 @dataclass

@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_store import machine, texts_for  # noqa: E402
 from core.config import SearchSettings  # noqa: E402
-from core.deeplake_store import DeepLakeStore  # noqa: E402
 from core.page_memory import PageMemory, SavedQuery  # noqa: E402
 from core.service import SearchService  # noqa: E402
-from core.store import Record  # noqa: E402
+from core.store.base import Record  # noqa: E402
+from core.store.deeplake_store import DeepLakeStore  # noqa: E402
 
 COPIES = 3
 

@@ -15,8 +15,8 @@ so that load from other work on the machine falls on all of them:
   window), fusion, the page memory (SQLite file), the store's exact search with near-duplicate
   folding, the cut-off, result items. The text cache is off (`text_cache_size=0`);
 - slack (`--slack`, on when slack_bolt imports): a chat event to the reply, through the real
-  Bolt app (`bot.slack_bot.running_slack_bot`, HTTP mode on 127.0.0.1) holding the same service,
-  against the fake Slack Web API and file host of tests/fake_slack.py. The text is a signed
+  Bolt app (`bot.slack.app.running_slack_bot`, HTTP mode on 127.0.0.1) holding the same service,
+  against the fake Slack Web API and file host of tests/fakes/slack.py. The text is a signed
   `/search <text> limit:N` slash command; the image and the clip are `app_mention` events
   carrying a Slack file (photo.jpg, clip.ogg) that the bot downloads from the fake with its
   token. The service has no speech reader (`audio=None`), so the clip is searched as a sound,
@@ -70,22 +70,22 @@ import torch  # noqa: E402
 
 from benchmarks.host import cpu_name, load_average  # noqa: E402
 from core.config import MediaLimits, SearchSettings  # noqa: E402
-from core.deeplake_store import DeepLakeStore  # noqa: E402
 from core.encoder import Encoder  # noqa: E402
 from core.imagebind.model import build_imagebind  # noqa: E402
 from core.imagebind.tokenizer import ClipTokenizer  # noqa: E402
 from core.page_memory import PageMemory  # noqa: E402
 from core.query import Query, Term  # noqa: E402
 from core.service import SearchResult, SearchService  # noqa: E402
-from core.store import Record  # noqa: E402
+from core.store.base import Record  # noqa: E402
+from core.store.deeplake_store import DeepLakeStore  # noqa: E402
 from core.worker import EncoderWorker  # noqa: E402
 
 if TYPE_CHECKING:
     import aiohttp
 
-    from bot.slack_bot import SlackBot
+    from bot.slack.app import SlackBot
     from core.config import Settings
-    from tests.fake_slack import ApiCall, FakeSlack
+    from tests.fakes.slack import ApiCall, FakeSlack
 
 MODALITIES = ("text", "image", "audio")
 QUERY_TEXT = "a red sports car parked on a wet street at night"
@@ -446,14 +446,14 @@ class SlackPath:
 
     @property
     def url(self) -> str:
-        from bot.slack_bot import EVENTS_PATH
+        from bot.slack.app import EVENTS_PATH
 
         assert self.bot.address is not None
         return f"http://127.0.0.1:{self.bot.address[1]}{EVENTS_PATH}"
 
     def request(self, modality: str, payload: Any, n: int) -> tuple[str, str]:
         """The body and content type of query `n`: its own user, channel, event id and file."""
-        from tests.fake_slack import BOT_USER_ID, command_body, event_payload, message_event
+        from tests.fakes.slack import BOT_USER_ID, command_body, event_payload, message_event
 
         user, channel = f"U0BENCH{n:05d}", f"C0BENCH{n:05d}"
         if modality == "text":
@@ -468,7 +468,7 @@ class SlackPath:
 
     async def once(self, modality: str, payload: Any) -> Sample:
         """Send one query, wait (bounded) for its reply and for the bot to finish it."""
-        from tests.fake_slack import signed_headers
+        from tests.fakes.slack import signed_headers
 
         self.serial += 1
         body, content_type = self.request(modality, payload, self.serial)
@@ -538,9 +538,9 @@ async def slack_path(
     """The fake Slack and the bot (holding `service`) running on 127.0.0.1 until exit."""
     import aiohttp
 
-    from bot.slack_bot import running_slack_bot
+    from bot.slack.app import running_slack_bot
     from core.config import Secrets
-    from tests.fake_slack import FakeSlack
+    from tests.fakes.slack import FakeSlack
 
     secrets = Secrets(slack_bot_token=SLACK_TOKEN, slack_signing_secret=SLACK_SECRET)
     spy = SearchSpy(service)

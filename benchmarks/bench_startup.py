@@ -88,9 +88,9 @@ def write_checkpoint(path: Path) -> None:
 async def probe(config: Path, modalities: list[str]) -> None:
     """(child) Open the service as the bots do, query each modality, report memory."""
     started = time.perf_counter()
-    from core.app import open_search_service
     from core.config import load_settings
     from core.query import Query, Term
+    from core.startup import open_search_service
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_query import sample_jpeg, sample_ogg
@@ -146,8 +146,8 @@ def run_child(cmd: list[str], env: dict[str, str], timeout: float) -> dict[str, 
 def make_dataset(path: Path, rows: int) -> None:
     import numpy as np
 
-    from core.deeplake_store import DeepLakeStore
-    from core.store import Record
+    from core.store.base import Record
+    from core.store.deeplake_store import DeepLakeStore
 
     rng = np.random.default_rng(0)
     data = rng.standard_normal((rows, 1024), dtype=np.float32)
@@ -173,7 +173,7 @@ def write_config(path: Path, checkpoint: Path, cache: Path, dataset: Path, dtype
 
 def time_verification(checkpoint: Path, repeats: int) -> dict[str, float]:
     """The checkpoint resolved as a cache entry: first (full sha256), then later starts."""
-    from core.imagebind.checkpoint import CheckpointSpec, resolve_checkpoint
+    from core.imagebind.pretrained import CheckpointSpec, resolve_checkpoint
 
     # No registry size or digest for this random file: the first resolve hashes it and records
     # the digest in the sidecar, as after a download; later ones check against the sidecar.

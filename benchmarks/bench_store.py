@@ -44,9 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import deeplake  # noqa: E402
 
 from benchmarks.host import cpu_name, proc_status  # noqa: E402
-
-from core.deeplake_store import DeepLakeStore  # noqa: E402
-from core.store import Record  # noqa: E402
+from core.store.base import Record  # noqa: E402
+from core.store.deeplake_store import DeepLakeStore  # noqa: E402
 
 
 @dataclass

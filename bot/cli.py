@@ -14,11 +14,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bot.common.handle import Attachment, build_query
 from core.config import MediaLimits, Secrets, Settings, load_settings
 from core.errors import BadInputError, SearchAllError
 from core.logs import setup_logging
 from core.media.sizes import check_file_size
-from core.query import Query, Term, parse_query_text
+from core.query import Query
+from ingest.sources import DEFAULT_SOURCE
 
 log = logging.getLogger("search_all")
 
@@ -44,32 +46,24 @@ def read_media_file(path: Path, limits: MediaLimits) -> bytes:
     return path.read_bytes()
 
 
-def build_query(args: argparse.Namespace, limits: MediaLimits, default_limit: int) -> Query:
-    terms: list[Term] = []
-    include, exclude = list(args.filter), list(args.exclude)
-    for text in args.text:
-        parsed = parse_query_text(text, max_chars=limits.max_query_chars, max_terms=limits.max_terms)
-        terms += parsed.terms
-        include += parsed.include
-        exclude += parsed.exclude
-    for modality, paths in (("image", args.image), ("audio", args.audio)):
-        for path in paths:
-            terms.append(Term(modality, read_media_file(path, limits), 1.0, label=path.name))
-    return Query(
-        terms=tuple(terms),
-        limit=args.limit or default_limit,
-        offset=args.offset,
-        include=tuple(include),
-        exclude=tuple(exclude),
-        audio_as=args.audio_as,
+def query_from_args(args: argparse.Namespace, limits: MediaLimits, default_limit: int) -> Query:
+    """The query of `search-all search`: each --text parsed on its own, then the files."""
+    files = [
+        Attachment(kind, read_media_file(path, limits), path.name)
+        for kind, paths in (("image", args.image), ("audio", args.audio))
+        for path in paths
+    ]
+    return build_query(
+        args.text, files, limits=limits, limit=args.limit or default_limit, offset=args.offset,
+        audio_as=args.audio_as, include=args.filter, exclude=args.exclude,
     )
 
 
 async def _search(args: argparse.Namespace) -> int:
-    from core.app import open_search_service
+    from core.startup import open_search_service
 
     settings = _settings(args)
-    query = build_query(args, settings.limits, settings.search.default_limit)
+    query = query_from_args(args, settings.limits, settings.search.default_limit)
     async with open_search_service(settings, progress=not args.json) as service:
         result = await service.search(query)
         if args.save:
@@ -138,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = commands.add_parser("ingest", help="index images into a DeepLake dataset")
     ingest.add_argument(
-        "source", nargs="?", default="hf:xfh/lexica_6k",
-        help="folder:DIR, hf:NAME[:SPLIT] or s3://bucket/prefix (default: hf:xfh/lexica_6k, the 6k Lexica images)",
+        "source", nargs="?", default=DEFAULT_SOURCE,
+        help=f"folder:DIR, hf:NAME[:SPLIT] or s3://bucket/prefix (default: {DEFAULT_SOURCE}, the 6k Lexica images)",
     )
     ingest.add_argument("--batch-size", type=int, help="images per batch and commit (overrides [ingest] batch_size)")
     ingest.add_argument(
@@ -184,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_discord(args: argparse.Namespace) -> int:
-    from bot.discord_bot import run_discord
+    from bot.discord.bot import run_discord
     from core.config import Secrets
 
     run_discord(_settings(args), Secrets.from_env(), sync=args.sync)
@@ -192,7 +186,7 @@ def _run_discord(args: argparse.Namespace) -> int:
 
 
 def _run_slack(args: argparse.Namespace) -> int:
-    from bot.slack_bot import run_slack
+    from bot.slack.app import run_slack
     from core.config import Secrets
 
     run_slack(_settings(args), Secrets.from_env(), socket_mode=args.socket_mode)
@@ -200,7 +194,7 @@ def _run_slack(args: argparse.Namespace) -> int:
 
 
 def _run_web(args: argparse.Namespace) -> int:
-    from bot.web import run_web
+    from bot.web.app import run_web
 
     settings = _settings(args)
     port = settings.web.port if args.port is None else args.port

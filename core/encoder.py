@@ -19,33 +19,24 @@ from PIL import Image
 
 from core.config import MediaLimits, ModelSettings
 from core.errors import ModelError
-from core.imagebind.checkpoint import (
-    CHECKPOINTS,
-    drop_pages,
-    load_into,
-    load_state_dict_file,
-    resolve_checkpoint,
-)
 from core.imagebind.configs import get_config
+from core.imagebind.loading import drop_pages, load_into, load_state_dict_file, modality_prefixes
 from core.imagebind.model import (
     LOOKUP_TABLES,
     ImageBind,
     build_imagebind,
     place_model,
 )
+from core.imagebind.pretrained import CHECKPOINTS, resolve_checkpoint
 from core.imagebind.tokenizer import ClipTokenizer
 from core.imagebind.transforms import image_to_tensor, waveform_to_clips
 from core.media.audio import decode_audio
 from core.media.image import decode_image
+from core.modalities import TOWERS, Modality
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("text", "image", "audio")
-TOWER_PREFIXES = tuple(
-    f"modality_{part}.{tower}."
-    for part in ("preprocessors", "trunks", "heads", "postprocessors")
-    for tower in ("text", "vision", "audio")
-)
+TOWER_PREFIXES = modality_prefixes(TOWERS.values())
 
 Prepared = str | torch.Tensor
 
@@ -143,7 +134,7 @@ class Encoder:
     def tokenizer(self) -> ClipTokenizer:
         return ClipTokenizer()
 
-    def prepare(self, modality: str, payload: str | bytes | Image.Image | np.ndarray) -> Prepared:
+    def prepare(self, modality: Modality, payload: str | bytes | Image.Image | np.ndarray) -> Prepared:
         """Decode and preprocess one input; bad media raises a `BadInputError`."""
         if modality == "text":
             if not isinstance(payload, str):
@@ -158,7 +149,7 @@ class Encoder:
         raise ValueError(f"unknown modality {modality!r}")
 
     @torch.inference_mode()
-    def forward(self, modality: str, batch: list[Prepared] | torch.Tensor) -> np.ndarray:
+    def forward(self, modality: Modality, batch: list[Prepared] | torch.Tensor) -> np.ndarray:
         """Embed prepared inputs of one modality: a float32 array [len(batch), dim].
 
         Image and audio inputs may also come already stacked into one tensor (the ingest's
@@ -175,6 +166,6 @@ class Encoder:
             out = embed(inputs)
         return out.float().cpu().numpy()
 
-    def embed(self, modality: str, payloads: list) -> np.ndarray:
+    def embed(self, modality: Modality, payloads: list) -> np.ndarray:
         """Prepare and forward in one call (ingest, benchmarks)."""
         return self.forward(modality, [self.prepare(modality, p) for p in payloads])

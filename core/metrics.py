@@ -6,8 +6,8 @@ service records into it, the ops server (`bot/ops_server.py`) renders it at `/me
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from collections import Counter as CountOf
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric

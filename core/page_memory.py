@@ -49,8 +49,9 @@ class PageMemory:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(":memory:" if path is None else str(path), check_same_thread=False)
         if path is not None:
-            # Every search saves its page: a write-ahead log without an fsync per commit takes
-            # 0.1 ms instead of ~20 ms. A crash of the machine may lose the last pages, never the file.
+            # Every search saves its page: a write-ahead log without an fsync per commit makes a
+            # save far cheaper (benchmarks/README.md, query path). A crash of the machine may
+            # lose the last pages, never the file.
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
         with self._lock, self._db:

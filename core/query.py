@@ -23,8 +23,10 @@ from typing import Literal
 import numpy as np
 
 from core.errors import EmptyQueryError, QuerySyntaxError
+from core.modalities import Modality as MediaModality
 
-Modality = Literal["text", "image", "audio", "item"]
+# "item": a stored image's embedding ("more like this"), nothing to encode.
+Modality = Literal[MediaModality, "item"]
 AudioAs = Literal["auto", "sound", "speech"]
 MAX_ABS_WEIGHT = 10.0
 
@@ -68,7 +70,7 @@ class Term:
 class Query:
     """Terms to fuse, and which page of results to return.
 
-    include / exclude: words a result's prompt must (not) contain (see `core.store`).
+    include / exclude: words a result's prompt must (not) contain (see `core.store.base`).
     audio_as: how audio terms are read: "sound" (ImageBind's audio tower), "speech" (the words
     recognised in it, as text), or "auto" (speech when speech is found, else sound).
     """

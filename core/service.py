@@ -18,16 +18,15 @@ from typing import Protocol
 
 import numpy as np
 
-from core.collapse import Group, fold_near_duplicates
 from core.config import ScoreCutoffs, SearchSettings
-from core.cutoffs import query_cutoff
 from core.errors import BadInputError
 from core.fusion import fuse
 from core.metrics import Metrics, modality_mix
 from core.page_memory import PageMemory, SavedQuery
 from core.query import AudioAs, Query, Term
-from core.store import VectorStore
-from core.urls import ImageLocator
+from core.ranking import Group, fold_near_duplicates, query_cutoff
+from core.s3.locator import ImageLocator
+from core.store.base import VectorStore
 from core.worker import EncoderWorker
 
 # Candidates read at most to fill one page after folding near-duplicates.

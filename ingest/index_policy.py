@@ -1,7 +1,7 @@
 """Whether to build DeepLake's vector index after an ingest.
 
 The store searches exactly in memory up to `[store] exact_max_rows` (faster than the index and
-exact; see DESIGN.md §4 and benchmarks/README.md), so the index only pays beyond that size, or
+exact; see benchmarks/README.md), so the index only pays beyond that size, or
 when `[store] search = "index"` forces the index path. Building it takes minutes at 1M rows, so
 it is built only when rows were added.
 """
@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from core.config import StoreSettings
-from core.store import VectorStore
+from core.store.base import VectorStore
 
 log = logging.getLogger(__name__)
 

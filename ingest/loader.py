@@ -25,7 +25,7 @@ from core.config import MediaLimits
 from core.errors import BadInputError
 from core.imagebind.transforms import IMAGE_SIZE, image_to_tensor
 from core.media.image import decode_image, encode_jpeg
-from ingest.sources import ItemRef, Source
+from ingest.sources.base import ItemRef, Source
 
 log = logging.getLogger(__name__)
 

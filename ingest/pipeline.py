@@ -23,9 +23,9 @@ from itertools import islice
 from tqdm import tqdm
 
 from core.encoder import Encoder
-from core.store import Record, VectorStore
+from core.store.base import Record, VectorStore
 from ingest.loader import PreparedBatch, prepared_batches
-from ingest.sources import ItemRef, Source
+from ingest.sources.base import ItemRef, Source
 from ingest.uploader import ImageUploader
 
 log = logging.getLogger(__name__)

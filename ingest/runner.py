@@ -3,7 +3,7 @@
 Everything is opened here in one `ExitStack` and closed in reverse order. The store opens
 before the model loads, so a wrong dataset path or another model's dataset fails before seconds
 (or a 4.8 GB download) are spent. S3 is used when the source is `s3://...` or `[s3]
-upload_images` is on; the dataset itself may be `s3://bucket/prefix` (`core.app.store_creds`).
+upload_images` is on; the dataset itself may be `s3://bucket/prefix` (`core.startup.store_creds`).
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-from core.app import store_creds
 from core.config import Secrets, Settings
-from core.deeplake_store import DeepLakeStore
 from core.encoder import Encoder
 from core.errors import ConfigError
 from core.imagebind.configs import get_config
-from core.s3 import S3Connection
+from core.s3.client import S3Connection
+from core.startup import store_creds
+from core.store.deeplake_store import DeepLakeStore
 from ingest.index_policy import IndexDecision, refresh_index
 from ingest.pipeline import IngestSummary, ingest
-from ingest.sources import parse_source
+from ingest.sources.factory import parse_source
 from ingest.uploader import ImageUploader
 
 log = logging.getLogger(__name__)

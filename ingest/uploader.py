@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from core.errors import StoreError
-from core.s3 import S3Connection, describe_s3_error
+from core.s3.client import S3Connection, describe_s3_error
 
 CONTENT_TYPE = "image/jpeg"
 

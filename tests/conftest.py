@@ -7,4 +7,4 @@ import tempfile
 # imported anywhere: its default cache dir derives from this.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="search-all-test-cache-")
 
-from tests.s3_server import s3_env, s3_server  # noqa: E402,F401 - fixtures, found by name
+from tests.fakes.s3_server import s3_env, s3_server  # noqa: E402,F401 - fixtures, found by name

@@ -1,7 +1,8 @@
 """The upstream ImageBind code (`imagebind-unofficial`), importable as a test oracle.
 
-The package does not import as shipped on modern torchvision; the two patches below are the
-ones DESIGN.md lists, kept in test code only. Our own encoder never imports this.
+The package does not import as shipped on modern torchvision; the two patches below (an alias
+for `torchvision.transforms.functional_tensor` and a `pkg_resources` stand-in) make it import,
+and are kept in test code only. Our own encoder never imports this.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The bad-input corpus (tests/bad_inputs.py) through the core: the query parser, the decoders and
-`SearchService`, with the message-to-query layer both bots share (`bot.inputs`).
+`SearchService`, with the message-to-query layer both bots share (`bot.common.handle`).
 
 Each case ends in a `BadInputError` whose user message says what is wrong, or (the animated GIF,
 the silent clip) in ordinary results; after the whole corpus the same service still searches.
@@ -15,14 +15,14 @@ import pytest
 import pytest_asyncio
 
 import core.media.audio as audio_module
-from bot.inputs import Attachment, build_query, check_attachment_count, media_kind, unsupported
-from bot.messages import user_message
-from core.app import open_search_service
+from bot.common.handle import Attachment, build_query, check_attachment_count, unsupported, user_message
 from core.config import Secrets, Settings
 from core.errors import BadInputError, MediaTooLargeError
 from core.media.audio import decode_audio
+from core.media.kinds import media_kind
 from core.query import Query, Term
 from core.service import SearchResult, SearchService
+from core.startup import open_search_service
 from ingest.runner import run_ingest
 from tests.bad_inputs import CASE_IDS, CASES, RED, TOO_MANY_FILES, BadInput, says
 from tests.media_factory import encode, picture_folder, solid_image

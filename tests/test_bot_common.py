@@ -8,18 +8,21 @@ from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.actions import MoreLikeThis, NextPage, decode_action
-from bot.downloads import ForbiddenHostError, download, host_allowed
-from bot.inputs import Attachment, build_query, check_attachment_count, media_kind
-from bot.messages import user_message
-from bot.ratelimit import RateLimitedError, RateLimiter
-from bot.reply import build_reply, shorten
+from bot.common.downloads import ForbiddenHostError, download, host_allowed
+from bot.common.handle import (
+    Attachment,
+    RateLimitedError,
+    RateLimiter,
+    build_query,
+    check_attachment_count,
+    user_message,
+)
+from bot.common.reply import MoreLikeThis, NextPage, build_reply, decode_action, shorten
 from core.config import MediaLimits
 from core.errors import BadInputError, EmptyQueryError, MediaTooLargeError
+from core.media.kinds import media_kind
 from core.service import ResultItem, SearchResult
-
-from tests.loopback import serve_on_loopback
-
+from tests.fakes.loopback import serve_on_loopback
 
 # ----- buttons ---------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Tests of core.imagebind.checkpoint against a real HTTP server on 127.0.0.1.
+"""Tests of core.imagebind.pretrained and core.imagebind.loading against a real HTTP server on 127.0.0.1.
 
 The server serves a checkpoint the test writes itself (a tiny module shaped like ImageBind,
 plus a "depth" tower that loading must drop), honours `Range: bytes=N-` unless told not to,
@@ -29,19 +29,18 @@ from torch import nn
 from core.config import MediaLimits, ModelSettings
 from core.encoder import Encoder
 from core.errors import CheckpointError, ModelError
-from core.imagebind import checkpoint as ckpt
-from core.imagebind.checkpoint import (
-    CHECKPOINTS,
-    CheckpointSpec,
+from core.imagebind import loading
+from core.imagebind import pretrained as ckpt
+from core.imagebind.loading import (
     drop_pages,
     is_file_backed,
     load_into,
     load_state_dict_file,
     modality_prefixes,
-    resolve_checkpoint,
     select_keys,
 )
 from core.imagebind.model import LOOKUP_TABLES, build_imagebind
+from core.imagebind.pretrained import CHECKPOINTS, CheckpointSpec, resolve_checkpoint
 
 MODALITIES = ("text", "vision", "audio")
 FILENAME = "tiny_imagebind.pth"
@@ -645,7 +644,7 @@ def test_cast_while_loading_converts_floats_only(tmp_path: Path) -> None:
         assert value.dtype == torch.bfloat16
         assert torch.equal(value, expected[key].to(torch.bfloat16))
     mixed = {"w": torch.ones(2), "steps": torch.arange(3), "half": torch.ones(2, dtype=torch.bfloat16)}
-    cast = ckpt.cast_state_dict(mixed, torch.bfloat16)
+    cast = loading.cast_state_dict(mixed, torch.bfloat16)
     assert cast["w"].dtype == torch.bfloat16 and cast["steps"] is mixed["steps"]
     assert cast["half"] is mixed["half"]
 
@@ -662,7 +661,7 @@ def test_cast_while_loading_hands_the_file_pages_back(tmp_path: Path) -> None:
     path.write_bytes(serialise(weights))
 
     plain = load_state_dict_file(path)
-    kept = ckpt.cast_state_dict(plain, torch.bfloat16)  # reads every page, releases none
+    kept = loading.cast_state_dict(plain, torch.bfloat16)  # reads every page, releases none
     assert mapped_rss_kb(path) > 15 * 1024
     del plain, kept
 

@@ -1,5 +1,5 @@
 """The Discord bot end to end: the real discord.py client against a fake Discord on 127.0.0.1
-(tests/fake_discord.py: gateway, REST, CDN), searching a small tiny-model dataset built here.
+(tests/fakes/discord.py: gateway, REST, CDN), searching a small tiny-model dataset built here.
 
 Expected results are computed with the same `SearchService` the bot uses; assertions are on the
 REST calls the fake recorded (and the files uploaded with them).
@@ -16,17 +16,19 @@ import discord
 import pytest
 import pytest_asyncio
 
-from bot.actions import MoreLikeThis, NextPage, decode_action
-from bot.discord_bot import AUDIO_MENU, IMAGE_MENU, OUT_OF_DATE, SearchBot, open_discord_bot, run_discord
-from bot.discord_render import NOT_ATTACHED
-from bot.inputs import Attachment, build_query
-from core.app import open_search_service
+from bot.common.handle import Attachment, build_query
+from bot.common.reply import MoreLikeThis, NextPage, decode_action
+from bot.discord.bot import SearchBot, open_discord_bot, run_discord
+from bot.discord.cog import AUDIO_MENU, IMAGE_MENU, OUT_OF_DATE
+from bot.discord.render import NOT_ATTACHED
 from core.config import Secrets, Settings
 from core.errors import ConfigError
 from core.query import Query
 from core.service import SearchResult, SearchService
+from core.startup import open_search_service
 from ingest.runner import run_ingest
-from tests.fake_discord import (
+from tests.bad_inputs import CASE_IDS, CASES, TOO_MANY_FILES, says
+from tests.fakes.discord import (
     ACK_SECONDS,
     EPHEMERAL,
     MESSAGE_CONTENT_INTENT,
@@ -35,7 +37,6 @@ from tests.fake_discord import (
     Interaction,
     Posted,
 )
-from tests.bad_inputs import CASE_IDS, CASES, TOO_MANY_FILES, says
 from tests.media_factory import make_audio, make_picture, picture_folder, random_bytes
 from tests.speech_fixtures import clips
 

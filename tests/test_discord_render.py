@@ -6,8 +6,8 @@ import io
 
 from PIL import Image
 
-from bot.actions import MoreLikeThis, NextPage, decode_action
-from bot.discord_render import (
+from bot.common.reply import MoreLikeThis, NextPage, build_reply, decode_action
+from bot.discord.render import (
     MAX_EMBEDS,
     NO_IMAGE,
     NOT_ATTACHED,
@@ -17,7 +17,6 @@ from bot.discord_render import (
     render_reply,
     upload_name,
 )
-from bot.reply import build_reply
 from core.service import ResultItem, SearchResult
 from tests.media_factory import make_jpeg
 

@@ -265,7 +265,7 @@ def test_huge_keys_and_shapes_match_reference_checkpoint_layout(
             upstream_counts[name.split(".")[1]] += parameter.numel()
     counts = ours.parameter_counts()
     assert counts == upstream_counts
-    # DESIGN.md: vision 632.8M, text 354.0M, audio 86.2M; 1,073M for the three towers.
+    # Upstream imagebind_huge: vision 632.8M, text 354.0M, audio 86.2M; 1,073M for the three towers.
     assert counts == {"vision": 632_829_440, "text": 354_032_641, "audio": 86_235_648}
     assert sum(counts.values()) == 1_073_097_729
 

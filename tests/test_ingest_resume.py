@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from bot.cli import main
-from core.deeplake_store import DeepLakeStore
+from core.store.deeplake_store import DeepLakeStore
 from tests.ingest_helpers import image_folder, rows_by_id
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,18 +10,18 @@ import urllib.request
 import pytest
 
 from bot.cli import main
-from core.app import open_search_service
 from core.config import ModelSettings, S3Settings, Secrets, Settings, StoreSettings
-from core.deeplake_store import DeepLakeStore
 from core.errors import ConfigError
-from core.s3 import S3Connection
 from core.query import Query, Term
-from core.urls import ImageLocator
+from core.s3.client import S3Connection
+from core.s3.locator import ImageLocator
+from core.startup import open_search_service
+from core.store.deeplake_store import DeepLakeStore
 from ingest.runner import run_ingest
-from ingest.sources import parse_source
+from ingest.sources.factory import parse_source
+from tests.fakes.s3_server import ACCESS_KEY, REGION, SECRET_KEY, free_port
 from tests.ingest_helpers import image_folder, rows_by_id
 from tests.media_factory import make_picture
-from tests.s3_server import ACCESS_KEY, REGION, SECRET_KEY, free_port
 
 pytestmark = pytest.mark.usefixtures("s3_env")
 

@@ -5,11 +5,13 @@ import pytest
 from PIL import Image
 
 from bot.cli import main
-from core.deeplake_store import DeepLakeStore
 from core.errors import BadInputError, ConfigError
-from core.s3 import S3Connection
-from ingest.s3_source import S3Source
-from ingest.sources import FolderSource, HuggingFaceSource, parse_source
+from core.s3.client import S3Connection
+from core.store.deeplake_store import DeepLakeStore
+from ingest.sources.factory import parse_source
+from ingest.sources.folder import FolderSource
+from ingest.sources.huggingface import HuggingFaceSource
+from ingest.sources.s3 import S3Source
 from tests.media_factory import make_picture
 
 

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from core.config import MediaLimits, ModelSettings, StoreSettings
-from core.deeplake_store import DeepLakeStore
 from core.encoder import Encoder
+from core.store.deeplake_store import DeepLakeStore
 from ingest.index_policy import decide_index, refresh_index
 from ingest.loader import prepare_item
 from ingest.pipeline import ingest
-from ingest.sources import FolderSource, ItemRef
+from ingest.sources.base import ItemRef
+from ingest.sources.folder import FolderSource
 from tests.ingest_helpers import image_folder, rows_by_id
 
 

@@ -10,19 +10,18 @@ import time
 import aiohttp
 import pytest
 
-
-from bot.ops_server import ops_app, serve_ops
-from bot.slack_bot import SlackBot, serve_slack
-from core.app import open_search_service
+from bot.ops import ops_app, serve_ops
+from bot.slack.app import SlackBot, serve_slack
 from core.config import Secrets, Settings
-from core.deeplake_store import DeepLakeStore
 from core.encoder import Encoder
 from core.errors import UnsupportedMediaError
 from core.logs import setup_logging
 from core.query import Query, Term
-from core.store import Record
-from tests.fake_slack import FakeSlack, command_body, event_payload, message_event, signed_headers
-from tests.loopback import serve_on_loopback
+from core.startup import open_search_service
+from core.store.base import Record
+from core.store.deeplake_store import DeepLakeStore
+from tests.fakes.loopback import serve_on_loopback
+from tests.fakes.slack import FakeSlack, command_body, event_payload, message_event, signed_headers
 from tests.media_factory import make_picture
 
 

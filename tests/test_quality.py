@@ -9,12 +9,12 @@ import pytest
 from PIL import Image
 
 from core.config import ScoreCutoffs, SearchSettings, Settings
-from core.cutoffs import query_cutoff
-from core.deeplake_store import DeepLakeStore
 from core.encoder import Encoder
 from core.query import Query, Term
+from core.ranking import query_cutoff
 from core.service import SearchService
-from core.store import Record
+from core.store.base import Record
+from core.store.deeplake_store import DeepLakeStore
 from core.worker import EncoderWorker
 from tests.media_factory import make_picture
 

@@ -1,7 +1,8 @@
 """The query text syntax and the Query invariants."""
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from core.errors import EmptyQueryError, QuerySyntaxError
 from core.query import Query, Term, parse_text_terms

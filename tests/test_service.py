@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from core.app import open_search_service
 from core.config import SearchSettings, Settings
-from core.deeplake_store import DeepLakeStore
 from core.encoder import Encoder
 from core.errors import BadInputError
 from core.query import Query, Term
-from core.store import Record
+from core.startup import open_search_service
+from core.store.base import Record
+from core.store.deeplake_store import DeepLakeStore
 from tests.media_factory import picture_folder
 
 

@@ -1,5 +1,5 @@
 """The bad-input corpus (tests/bad_inputs.py) sent to one running Slack bot as direct messages
-(text, or files), over signed HTTP, against the local fake Slack (tests/fake_slack.py).
+(text, or files), over signed HTTP, against the local fake Slack (tests/fakes/slack.py).
 
 Each case is answered with an ephemeral message that says what is wrong (or, for the animated
 GIF and the silent clip, with the results the service gives), in its own DM channel; after the
@@ -12,13 +12,14 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from bot.inputs import Attachment, build_query, media_kind
-from bot.slack_bot import running_slack_bot
-from core.app import open_search_service
+from bot.common.handle import Attachment, build_query
+from bot.slack.app import running_slack_bot
 from core.config import Settings
+from core.media.kinds import media_kind
+from core.startup import open_search_service
 from ingest.runner import run_ingest
 from tests.bad_inputs import CASE_IDS, CASES, TOO_MANY_FILES, BadInput, says
-from tests.fake_slack import WAIT_S, FakeSlack, message_event
+from tests.fakes.slack import WAIT_S, FakeSlack, message_event
 from tests.media_factory import picture_folder
 from tests.test_slack_bot import BOT_TOKEN, SECRETS, Harness, make_settings, result_rows, rows
 
@@ -86,7 +87,7 @@ async def test_each_bad_input_gets_a_clear_reply(h, number, case):
     if case.searchable:
         assert answer.method == "chat.postMessage"
         attachment = Attachment(media_kind(case.filename, case.mimetype), case.same_as or case.data, case.filename)
-        query = build_query("", [attachment], limits=h.settings.limits, limit=h.bot._limit(None))
+        query = build_query("", [attachment], limits=h.settings.limits, limit=h.bot.admission.limit(None))
         expected = await h.service.search(query)
         assert result_rows(answer) == rows(expected) and expected.items
     else:
@@ -100,5 +101,5 @@ async def test_after_the_corpus_the_bot_still_searches(h):
     channel, _ = await send_dm(h, len(CASES), "a white cloud", [])
     (answer,) = answers_in(h, channel)
     expected = await h.service.search(build_query("a white cloud", [], limits=h.settings.limits,
-                                                  limit=h.bot._limit(None)))
+                                                  limit=h.bot.admission.limit(None)))
     assert answer.method == "chat.postMessage" and result_rows(answer) == rows(expected) and expected.items

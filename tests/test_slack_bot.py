@@ -1,5 +1,5 @@
 """The Slack bot end to end: the real Bolt app, over HTTP and Socket Mode, against a local
-Slack-compatible server (tests/fake_slack.py), searching a tiny-model dataset built here.
+Slack-compatible server (tests/fakes/slack.py), searching a tiny-model dataset built here.
 
 Expectations are computed with the same SearchService the bot uses; assertions are on the Web
 API calls the fake recorded.
@@ -19,14 +19,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.actions import MoreLikeThis, NextPage, decode_action
-from bot.slack_bot import EVENTS_PATH, SlackBot, running_slack_bot, serve_slack, wants_socket_mode
-from core.app import open_search_service
+from bot.common.reply import MoreLikeThis, NextPage, decode_action
+from bot.slack.app import EVENTS_PATH, SlackBot, running_slack_bot, serve_slack, wants_socket_mode
 from core.config import Secrets, Settings
 from core.query import Query, Term
 from core.service import SearchService
+from core.startup import open_search_service
 from ingest.runner import run_ingest
-from tests.fake_slack import (
+from tests.fakes.slack import (
     WAIT_S,
     FakeSlack,
     RecordingHost,

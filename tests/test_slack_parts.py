@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from bot.actions import MoreLikeThis, NextPage, decode_action
-from bot.reply import build_reply
-from bot.slack_bot import COMMAND, EVENTS_PATH
-from bot.slack_dedupe import RecentKeys
-from bot.slack_files import SlackFile
-from bot.slack_render import IN_THREAD, MAX_BLOCKS, MAX_RESULTS, needs_upload, render_blocks
-from bot.slack_text import query_text, split_limit
+from bot.common.reply import MoreLikeThis, NextPage, build_reply, decode_action
+from bot.slack.app import COMMAND, EVENTS_PATH
+from bot.slack.dedupe import RecentKeys
+from bot.slack.files import SlackFile
+from bot.slack.render import IN_THREAD, MAX_BLOCKS, MAX_RESULTS, needs_upload, render_blocks
+from bot.slack.text import query_text, split_limit
 from core.errors import QuerySyntaxError
 from core.service import ResultItem, SearchResult
 

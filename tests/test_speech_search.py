@@ -6,10 +6,10 @@ import json
 import pytest
 
 from bot.cli import main
-from core.app import open_search_service
 from core.config import Settings
 from core.errors import BadInputError
 from core.query import Query, Term
+from core.startup import open_search_service
 from tests.media_factory import picture_folder
 from tests.speech_fixtures import clip
 

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.deeplake_store import DeepLakeStore
 from core.errors import ModelMismatchError, StoreError
-from core.exact_search import top_indices
-from core.store import Hit, Record, VectorStore
+from core.store.base import Hit, Record, VectorStore
+from core.store.deeplake_store import DeepLakeStore
+from core.store.exact import top_indices
 
 DIM = 16
 

@@ -1,7 +1,7 @@
 """The web page's JSON API over a real server on 127.0.0.1, the tiny model and a real dataset.
 
 Expected results are computed by asking the same `SearchService` directly; the API must give
-the same items, in the same order, with the words of `bot.reply.build_reply`.
+the same items, in the same order, with the words of `bot.common.reply.build_reply`.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from bot.inputs import Attachment, build_query, media_kind, unsupported
-from bot.messages import user_message
-from bot.reply import build_reply
-from bot.web import bind_warning, image_url, reply_json, running_web, serve_web
-from bot.web_form import max_body_bytes
-from core.app import open_search_service
+from bot.common.handle import Attachment, build_query, unsupported, user_message
+from bot.common.reply import build_reply
+from bot.web.app import bind_warning, image_url, reply_json, running_web, serve_web
+from bot.web.form import max_body_bytes
 from core.config import Settings, SpeechSettings
-from core.deeplake_store import DeepLakeStore
 from core.encoder import Encoder
+from core.media.kinds import media_kind
 from core.service import ResultItem, SearchResult
-from core.store import Record
+from core.startup import open_search_service
+from core.store.base import Record
+from core.store.deeplake_store import DeepLakeStore
 from tests.bad_inputs import CASE_IDS, CASES, TOO_MANY_FILES, BadInput, ZeroStream, says
 from tests.media_factory import make_audio, make_picture
 from tests.speech_fixtures import clip

@@ -2,7 +2,7 @@
 
 The page is served on 127.0.0.1 (port 0) from this test's event loop, over the tiny model and a
 small dataset built here. Expected headers, results and messages are computed by asking the
-same `SearchService` and `bot.reply` directly. No browser is downloaded: Playwright drives the
+same `SearchService` and `bot.common.reply` directly. No browser is downloaded: Playwright drives the
 system chromium (`executable_path`); CI installs it (`.ci/run`).
 
 SEARCH_ALL_SCREENSHOT=1 also copies the screenshot to docs/web-screenshot.png.
@@ -17,12 +17,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.inputs import Attachment, build_query, unsupported
-from bot.messages import user_message
-from bot.reply import build_reply
-from bot.web import running_web
-from core.app import open_search_service
+from bot.common.handle import Attachment, build_query, unsupported, user_message
+from bot.common.reply import build_reply
+from bot.web.app import running_web
 from core.media.sizes import human_bytes
+from core.startup import open_search_service
 from tests.media_factory import make_audio, make_picture
 from tests.test_web_api import DUPLICATED_SEED, build_dataset, web_settings
 

@@ -19,10 +19,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
 
-Modality = Literal["text", "vision", "audio"]
-MODALITIES: tuple[Modality, ...] = ("vision", "text", "audio")
+from core.modalities import TOWERS
+
+# The towers this project runs, by their checkpoint names ("vision", not "image").
+MODALITIES: tuple[str, ...] = tuple(TOWERS.values())
 
 # CLIP's image normalisation (ImageBind's vision tower is initialised from OpenCLIP ViT-H).
 CLIP_IMAGE_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)

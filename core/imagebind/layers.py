@@ -176,7 +176,7 @@ class TextTokenEmbedding(nn.Module):
 
     @torch.no_grad()
     def _fill_causal_mask(self) -> None:
-        if not self.mask.is_meta:  # `triu_` on meta imports torch._dynamo (about 2 s)
+        if not self.mask.is_meta:  # `triu_` on meta imports torch._dynamo (slow)
             self.mask.fill_(float("-inf")).triu_(1)
 
     @torch.no_grad()

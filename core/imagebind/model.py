@@ -11,7 +11,8 @@ Outputs equal upstream's `ImageBindModel.forward` for each modality:
   Pooled at the position of the largest token id, which is the end-of-text token.
 - audio: each clip L2-normalised and times a fixed 20, then averaged over the clips (so the
   norm is a little under 20).
-Fuse modalities only after L2-normalising each embedding (see DESIGN.md, section 2).
+Because these norms differ, embeddings of different modalities are fused only after each is
+L2-normalised (`core.fusion`).
 
 `build_imagebind(name, device=...)`: on the `meta` device the model allocates nothing and is
 meant to be filled with `load_state_dict(state_dict, assign=True, strict=True)`; on a real
@@ -35,7 +36,6 @@ from core.imagebind.configs import (
     VisionTowerConfig,
     get_config,
 )
-from core.imagebind.checkpoint import is_file_backed
 from core.imagebind.layers import (
     LAYER_NORM_EPS,
     EndOfTextHead,
@@ -48,6 +48,7 @@ from core.imagebind.layers import (
     TextTokenEmbedding,
     Transformer,
 )
+from core.imagebind.loading import is_file_backed
 
 RANDOM_WEIGHTS_SEED = 0
 """Seed of the random weights given to a model built on a real device."""

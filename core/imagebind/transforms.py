@@ -43,7 +43,8 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
     if image.mode != "RGB":
         image = image.convert("RGB")
     # torchvision's resize, center_crop, to_tensor and normalize on a PIL image, step for step
-    # (the same numbers), without importing torchvision: that costs seconds and ~160 MiB at startup.
+    # (the same numbers), without importing torchvision, which costs time and memory at startup
+    # (benchmarks/README.md, startup and memory).
     width, height = image.size
     short, long = (width, height) if width <= height else (height, width)
     new_long = int(IMAGE_SIZE * long / short)

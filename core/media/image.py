@@ -23,7 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.config import MediaLimits
 from core.errors import MediaTooLargeError, UnsupportedMediaError
-from core.media.sizes import check_file_size as check_size
+from core.media.sizes import check_file_size
 
 _NOT_AN_IMAGE = "the file is not an image I can read — send a PNG, JPEG, GIF or WebP image"
 _DAMAGED = "the image file is damaged or incomplete — send it again, or export it anew"
@@ -38,11 +38,6 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct
 def _megapixels(pixels: int) -> str:
     megapixels = pixels / 1_000_000
     return f"{megapixels:,.0f} MP" if megapixels >= 100 else f"{megapixels:.3g} MP"
-
-
-def check_file_size(data: bytes, limits: MediaLimits) -> None:
-    """Raise `MediaTooLargeError` when `data` is over `limits.max_file_bytes`."""
-    check_size(len(data), limits, what="image file")
 
 
 def _too_many_pixels(found: str, limit: int) -> MediaTooLargeError:
@@ -94,7 +89,7 @@ def _open(data: bytes, limits: MediaLimits) -> Image.Image:
 def image_size(data: bytes, limits: MediaLimits | None = None) -> tuple[int, int]:
     """`(width, height)` read from the header alone; the same errors as `decode_image`."""
     limits = limits or MediaLimits()
-    check_file_size(data, limits)
+    check_file_size(len(data), limits, what="image file")
     with _open(data, limits) as image:
         return image.size
 
@@ -106,7 +101,7 @@ def decode_image(data: bytes, limits: MediaLimits) -> Image.Image:
     their first frame; the EXIF orientation is applied; every mode becomes RGB, with
     transparency composited on white and 16-bit or float greys scaled to 8 bits.
     """
-    check_file_size(data, limits)
+    check_file_size(len(data), limits, what="image file")
     with _open(data, limits) as image:
         width, height = image.size
         if width <= 0 or height <= 0:

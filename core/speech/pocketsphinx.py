@@ -88,7 +88,7 @@ class Evidence:
 
 
 class PocketSphinxTranscriber:
-    """One decoder, loaded once (about 0.5 s), used by one thread at a time."""
+    """One decoder, loaded once (it takes a while), used by one thread at a time."""
 
     name = ENGINE
 

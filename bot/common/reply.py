@@ -1,0 +1,146 @@
+"""A search result as the chat platforms show it, before any platform's format, and its buttons.
+
+The Discord, Slack and web renderers all start from `build_reply`, so they say the same things:
+what was searched (and heard), each image's score, shortened prompt and folded near-duplicates,
+why nothing is shown, and which buttons to offer.
+
+A button's id must survive a restart and fit Discord's 100-character custom id, so it carries
+only a result's dataset row ("More like this": its stored embedding is searched, nothing is
+re-encoded) or a remembered query's page key and offset ("Next page"). Rows are stable: the
+collection is only ever appended to.
+
+    sa:more:<row>              more like the image at <row>
+    sa:page:<page key>:<offset>
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from core.service import ResultItem, SearchResult, SearchService
+
+# ---------------------------------------------------------------------- buttons
+
+PREFIX = "sa:"
+_MORE = re.compile(r"^sa:more:(\d{1,12})$")
+_PAGE = re.compile(r"^sa:page:([0-9a-f]{8,40}):(\d{1,6})$")
+
+
+@dataclass(frozen=True)
+class MoreLikeThis:
+    row: int
+
+    def encode(self) -> str:
+        return f"{PREFIX}more:{self.row}"
+
+
+@dataclass(frozen=True)
+class NextPage:
+    page_key: str
+    offset: int
+
+    def encode(self) -> str:
+        return f"{PREFIX}page:{self.page_key}:{self.offset}"
+
+
+Action = MoreLikeThis | NextPage
+
+
+def decode_action(custom_id: str) -> Action | None:
+    """The action a button id stands for; None for ids that are not ours or are malformed."""
+    if match := _MORE.match(custom_id):
+        return MoreLikeThis(int(match.group(1)))
+    if match := _PAGE.match(custom_id):
+        return NextPage(match.group(1), int(match.group(2)))
+    return None
+
+
+async def run_action(service: SearchService, action: Action, limit: int | None = None) -> SearchResult:
+    if isinstance(action, MoreLikeThis):
+        return await service.more_like_row(action.row, limit)
+    return await service.page(action.page_key, action.offset)
+
+
+def next_page_action(result: SearchResult) -> NextPage | None:
+    offset = result.next_offset
+    return None if offset is None else NextPage(result.page_key, offset)
+
+
+# ---------------------------------------------------------------------- the reply
+
+
+@dataclass(frozen=True)
+class ReplyImage:
+    rank: int  # 1-based, across pages
+    item: ResultItem
+    caption: str  # the prompt, shortened; "" when the image has none
+    score: str  # "0.312"
+    similar: str  # "+2 similar" or ""
+    more: MoreLikeThis
+
+
+@dataclass(frozen=True)
+class Reply:
+    header: str  # "Results 1-5 for: cat + cartoon"
+    heard: str  # "heard: a red car" or ""
+    images: list[ReplyImage]
+    notice: str  # why there are no images ("no good match ..."), else ""
+    next_page: NextPage | None
+
+    def summary_lines(self) -> list[str]:
+        """The header, what was heard and the notice, as plain lines."""
+        return [line for line in (self.header, self.heard, self.notice) if line]
+
+
+def is_web_url(url: str | None) -> bool:
+    """Whether `url` is http(s), so a chat platform or a browser can fetch it itself (an S3 URL,
+    public or presigned); a file:// path or no URL means the dataset's copy is sent instead."""
+    return bool(url) and urlsplit(url).scheme.lower() in ("http", "https")
+
+
+def shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1].rsplit(" ", 1)[0] if " " in text[: limit - 1] else text[: limit - 1]
+    return cut.rstrip(" ,;:") + "…"
+
+
+def build_reply(result: SearchResult, *, caption_chars: int = 200, query_chars: int = 200) -> Reply:
+    first = result.offset + 1
+    images = [
+        ReplyImage(
+            rank=first + i,
+            item=item,
+            caption=shorten(item.text, caption_chars),
+            score=f"{item.score:.3f}",
+            similar=f"+{item.similar} similar" if item.similar else "",
+            more=MoreLikeThis(item.row),
+        )
+        for i, item in enumerate(result.items)
+    ]
+    query = shorten(result.description, query_chars)
+    if images:
+        last = first + len(images) - 1
+        span = f"Result {first}" if last == first else f"Results {first}-{last}"
+        header = f"{span} for: {query}"
+    else:
+        header = f"Search: {query}"
+    if result.no_good_match:
+        notice = (
+            f"No good match: the best score was {result.best_score:.3f}, below the cut-off of "
+            f"{result.cutoff:.2f}. Try other words, or an image."
+        )
+    elif not images:
+        notice = "Nothing more to show." if result.offset else "Nothing found: the collection or filter has no images."
+    else:
+        notice = ""
+    return Reply(
+        header=header,
+        heard=f"heard: {shorten(result.heard, query_chars)}" if result.heard else "",
+        images=images,
+        notice=notice,
+        next_page=next_page_action(result),
+    )

@@ -1,0 +1,286 @@
+"""`search-all web`: a local web page to search the collection from a browser.
+
+One static page (plain HTML, CSS and JavaScript in `bot/web/static/`, served from here: no build
+step, no CDN) talks to a small JSON API on the same aiohttp server:
+
+    GET  /                 the page
+    GET  /api/config       limits the page shows and checks (results per page, file size)
+    POST /api/search       multipart: text, limit, audio_as, image / audio files -> a reply
+    POST /api/action       JSON {"id": "sa:more:<row>" | "sa:page:<key>:<offset>", "limit"} -> a reply
+    GET  /image/<row>      a result's JPEG kept in the dataset (when it has no http(s) URL)
+
+A reply is `bot.common.reply.build_reply` as JSON, the same words the chat bots show; an error is
+`{"error": message}` from `bot.common.handle.user_message` with a 4xx/5xx status (413 for uploads
+over the limits). The search itself is the shared `SearchService` (the same encoder worker,
+store and page memory as the bots). There is no login: it binds 127.0.0.1 unless told
+otherwise, and says so loudly when it is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from bot.common.handle import user_message
+from bot.common.reply import MoreLikeThis, Reply, build_reply, decode_action, is_web_url, run_action
+from bot.web.form import max_body_bytes, parse_limit, read_search_form
+from core.config import Settings
+from core.errors import BadInputError, MediaTooLargeError, SearchAllError
+from core.service import SearchResult, SearchService
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).with_name("static")
+SERVICE = web.AppKey("service", SearchService)
+SETTINGS = web.AppKey("settings", Settings)
+ACTION_BODY_BYTES = 4096
+# Rows are stable (the collection is only appended to) and the ETag is the bytes' hash.
+IMAGE_CACHE_CONTROL = "public, max-age=86400"
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' http: https: data: blob:; media-src 'self' blob:; "
+        "script-src 'self'; style-src 'self'; connect-src 'self' blob:; frame-ancestors 'none'"
+    ),
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ForbiddenOriginError(SearchAllError):
+    """A request from another web site (a page cannot make the browser search here)."""
+
+
+def reply_json(result: SearchResult, settings: Settings) -> dict[str, Any]:
+    """The page's view of a result: `build_reply` with image URLs the browser can load."""
+    reply: Reply = build_reply(result, caption_chars=settings.bot.caption_chars)
+    return {
+        "header": reply.header,
+        "heard": reply.heard,
+        "notice": reply.notice,
+        "images": [
+            {
+                "rank": image.rank,
+                "id": image.item.id,
+                "score": image.score,
+                "caption": image.caption,
+                "similar": image.similar,
+                "image_url": image_url(image.item.url, image.item.row),
+                "width": image.item.width,
+                "height": image.item.height,
+                "more": image.more.encode(),
+            }
+            for image in reply.images
+        ],
+        "next_page": reply.next_page.encode() if reply.next_page else None,
+        "timings_ms": {k: round(v, 1) for k, v in result.timings_ms.items()},
+    }
+
+
+def image_url(url: str | None, row: int) -> str:
+    """A public or presigned http(s) URL as it is; anything else (file://, none) from /image/<row>."""
+    if is_web_url(url):
+        return url
+    return f"/image/{row}"
+
+
+def error_status(exc: BaseException) -> int:
+    if isinstance(exc, MediaTooLargeError):
+        return 413
+    if isinstance(exc, ForbiddenOriginError):
+        return 403
+    if isinstance(exc, BadInputError):
+        return 400
+    if isinstance(exc, SearchAllError):  # the store, the model, the configuration
+        return 503
+    return 500
+
+
+@web.middleware
+async def errors_and_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """API errors as `{"error": message}`; security headers on every response."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if not request.path.startswith("/api/"):
+            raise
+        response = web.json_response({"error": exc.reason}, status=exc.status)
+    except Exception as exc:  # noqa: BLE001 - user_message logs the unexpected ones
+        response = web.json_response({"error": user_message(exc)}, status=error_status(exc))
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def check_origin(request: web.Request) -> None:
+    """Refuse API posts that another site's page makes the browser send (no login here)."""
+    origin = request.headers.get("Origin")
+    if origin and origin != "null" and urlsplit(origin).netloc != request.host:
+        raise ForbiddenOriginError("requests from other web sites are refused")
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def config(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    return web.json_response(
+        {
+            "default_limit": settings.search.default_limit,
+            "max_limit": settings.search.max_limit,
+            "max_file_bytes": settings.limits.max_file_bytes,
+            "max_query_chars": settings.limits.max_query_chars,
+        }
+    )
+
+
+async def search(request: web.Request) -> web.Response:
+    check_origin(request)
+    settings = request.app[SETTINGS]
+    form = await read_search_form(request, settings)
+    result = await request.app[SERVICE].search(form.query(settings))
+    return web.json_response(reply_json(result, settings))
+
+
+async def action(request: web.Request) -> web.Response:
+    check_origin(request)
+    settings = request.app[SETTINGS]
+    if request.content_length is not None and request.content_length > ACTION_BODY_BYTES:
+        raise BadInputError("the action request is too long")
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadInputError('send the action as JSON: {"id": "sa:more:<row>"}') from None
+    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+        raise BadInputError('send the action as JSON: {"id": "sa:more:<row>"}')
+    chosen = decode_action(body["id"])
+    if chosen is None:
+        raise BadInputError(f"unknown action {body['id'][:100]!r}: search again")
+    limit = parse_limit(str(body.get("limit") or ""), settings.search.max_limit)
+    service = request.app[SERVICE]
+    if isinstance(chosen, MoreLikeThis) and chosen.row >= await rows_in(service):
+        raise BadInputError(f"there is no image #{chosen.row} in this collection: search again")
+    result = await run_action(service, chosen, limit)
+    return web.json_response(reply_json(result, settings))
+
+
+async def rows_in(service: SearchService) -> int:
+    return await asyncio.to_thread(lambda: service.store.info.rows)
+
+
+async def image(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    row = int(request.match_info["row"])
+    if row >= await rows_in(service):
+        raise web.HTTPNotFound(reason=f"no image at row {row}")
+    data = await asyncio.to_thread(service.store.image_bytes, row)
+    if not data:
+        raise web.HTTPNotFound(reason=f"the dataset keeps no image for row {row}")
+    etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+    headers = {"ETag": etag, "Cache-Control": IMAGE_CACHE_CONTROL}
+    if etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=data, content_type="image/jpeg", headers=headers)
+
+
+def create_app(service: SearchService, settings: Settings) -> web.Application:
+    """The page and its API over an open `SearchService`."""
+    app = web.Application(
+        middlewares=[errors_and_headers], client_max_size=max_body_bytes(settings)
+    )
+    app[SERVICE] = service
+    app[SETTINGS] = settings
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", STATIC_DIR, append_version=False)
+    app.router.add_get("/api/config", config)
+    app.router.add_post("/api/search", search)
+    app.router.add_post("/api/action", action)
+    app.router.add_get(r"/image/{row:\d{1,12}}", image)
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_warning(host: str) -> str | None:
+    """The warning to log when the page is reachable from other machines; None on loopback."""
+    if is_loopback(host):
+        return None
+    return (
+        f"the web page listens on {host}: anyone who can reach this address can search the "
+        "collection and upload files (there is no login); use --host 127.0.0.1 to keep it local"
+    )
+
+
+@asynccontextmanager
+async def running_web(
+    service: SearchService, settings: Settings, *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[str]:
+    """Serve the page on `host:port` (0: any free port) while inside; yields its base URL."""
+    if warning := bind_warning(host):
+        log.warning("%s", warning)
+    runner = web.AppRunner(create_app(service, settings), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        yield f"http://{shown}:{bound_port}"
+    finally:
+        await runner.cleanup()
+
+
+async def serve_web(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Open the search service and serve the page until `stop` is set (or SIGINT / SIGTERM).
+
+    `on_ready` gets the base URL once the page is served (the port may have been 0).
+    """
+    from core.startup import open_search_service
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with suppress(NotImplementedError, RuntimeError, ValueError):  # Windows, other threads
+            loop.add_signal_handler(signum, stop.set)
+            handled.append(signum)
+    try:
+        async with open_search_service(settings) as service:
+            async with running_web(service, settings, host=host, port=port) as url:
+                print(f"Search All: open {url}/ in a browser (Ctrl+C stops)", flush=True)
+                if on_ready is not None:
+                    on_ready(url)
+                await stop.wait()
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+
+
+def run_web(settings: Settings, *, host: str, port: int) -> None:
+    """`search-all web`: blocks until interrupted."""
+    asyncio.run(serve_web(settings, host=host, port=port))

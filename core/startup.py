@@ -1,0 +1,118 @@
+"""Startup: open the store, load the encoder, start its worker, hand out a SearchService.
+
+Everything is opened here, in one `AsyncExitStack`-shaped context, and closed in reverse order;
+nothing is built at import time. The store opens first so that a wrong dataset path or a model
+mismatch fails before seconds (or a 4.8 GB download) are spent on the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from core.config import Secrets, Settings
+from core.encoder import Encoder
+from core.errors import ModelMismatchError
+from core.imagebind.configs import get_config
+from core.metrics import Metrics
+from core.page_memory import PageMemory
+from core.s3.locator import ImageLocator
+from core.service import SearchService
+from core.speech import speech_policy
+from core.store.deeplake_store import DeepLakeStore
+from core.worker import EncoderWorker
+
+log = logging.getLogger(__name__)
+
+
+def store_creds(settings: Settings, secrets: Secrets) -> dict[str, str] | None:
+    """DeepLake credentials for an `s3://` dataset: endpoint and region from config, keys from env."""
+    if not settings.store.dataset.startswith("s3://"):
+        return None
+    creds = {
+        "aws_access_key_id": secrets.aws_access_key_id,
+        "aws_secret_access_key": secrets.aws_secret_access_key,
+        "endpoint_url": settings.store.s3_endpoint_url,
+        "aws_region": settings.store.s3_region,
+    }
+    return {k: v for k, v in creds.items() if v}
+
+
+@asynccontextmanager
+async def open_search_service(
+    settings: Settings, *, secrets: Secrets | None = None, progress: bool = True
+) -> AsyncIterator[SearchService]:
+    secrets = secrets or Secrets.from_env()
+    async with AsyncExitStack() as stack:
+        store = await asyncio.to_thread(
+            DeepLakeStore.open,
+            settings.store.dataset,
+            creds=store_creds(settings, secrets),
+            expect_model=settings.model.name,
+            mode=settings.store.search,
+            exact_max_rows=settings.store.exact_max_rows,
+        )
+        stack.callback(store.close)
+        model_dim = get_config(settings.model.name).out_dim
+        if model_dim != store.info.dim:
+            raise ModelMismatchError(
+                f"dataset {settings.store.dataset} holds {store.info.dim}-d vectors but model "
+                f"{settings.model.name!r} makes {model_dim}-d ones: rebuild the dataset with this model"
+            )
+        encoder = await asyncio.to_thread(Encoder.load, settings.model, settings.limits, progress=progress)
+        worker = await stack.enter_async_context(
+            EncoderWorker(
+                encoder,
+                batch_window_ms=settings.encoder.batch_window_ms,
+                max_batch_size=settings.encoder.max_batch_size,
+            )
+        )
+        pages = PageMemory(
+            settings.search.page_memory_path or settings.model.cache_dir / "pages.sqlite",
+            max_age_days=settings.search.page_memory_days,
+        )
+        stack.callback(pages.close)
+        metrics = Metrics()
+        metrics.watch_batches(lambda: worker.batch_sizes)
+        service = SearchService(
+            worker,
+            store,
+            settings.search,
+            locator=ImageLocator.from_settings(settings, secrets),
+            text_cache_size=settings.encoder.text_cache_size,
+            # The tiny model's random weights give scores that mean nothing: no cut-offs.
+            cutoffs=None if settings.model.name == "tiny" else settings.search.cutoffs,
+            pages=pages,
+            metrics=metrics,
+            # Voice read as speech (docs/speech.md); the recogniser loads on the first clip.
+            audio=speech_policy(settings.speech, settings.limits),
+        )
+        health = service.locator.health
+        if health is not None:
+            watcher = asyncio.create_task(health.watch(settings.s3.health_check_seconds))
+            stack.push_async_callback(_cancel, watcher)
+        if settings.ops.refresh_seconds > 0:
+            refresher = asyncio.create_task(refresh_forever(service, settings.ops.refresh_seconds))
+            stack.push_async_callback(_cancel, refresher)
+        yield service
+
+
+async def refresh_forever(service: SearchService, every_s: float) -> None:
+    """Pick up what an ingest appends while the bot runs; a failed refresh is retried later."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            if await service.refresh():
+                log.info("dataset refreshed: %d rows", service.store.info.rows)
+        except Exception:
+            log.exception("refreshing the dataset failed; keeping the rows already loaded")
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass

@@ -1,0 +1,601 @@
+"""DeepLake 4 as the system of record, searched exactly in memory (or through DeepLake at scale).
+
+A collection is one DeepLake dataset:
+
+- columns: `id`, `text`, `source`, `s3_key` (text); `embedding` (`Embedding(dim)`: DeepLake's
+  vector column, the only one its vector index can be built on, for collections too big for
+  memory); `image` (`Image(jpg)`: `get_bytes` returns the JPEG bytes exactly as appended, empty
+  when a row keeps no image; appending and reading cost the same as a raw bytes column, and
+  DeepLake tools still see an image); `width`, `height` (int32).
+- metadata: `model_name`, `dim`, `schema_version`. Opening with `expect_model=` refuses a
+  dataset built by another model (`ModelMismatchError`).
+
+Search. DeepLake's TQL scans every row unless its index has been built, many times slower than a
+matrix product over the normalised embeddings (benchmarks/README.md, store). So in
+"exact" mode (the default up to `exact_max_rows`) the store reads the collection into a
+`core.store.exact.Table` and searches that in memory. In "index" mode (or beyond
+`exact_max_rows`) it asks DeepLake (`ORDER BY COSINE_SIMILARITY ... LIMIT m`, with the words as
+`ILIKE` conditions), over-fetches `index_candidates` rows and re-ranks them exactly. The vector
+is passed as a literal: `prepare_query` deadlocks when used from two threads.
+
+Freshness. A handle sees the version it opened; `refresh()` moves it to the latest commit.
+When only rows were appended since (the normal case while an ingest runs), only the new rows
+are read and the table grows in place; anything else reloads everything.
+
+Thread safety. `search`, `existing_ids`, `embedding`, `image_bytes` and `info` may be called
+from any number of threads at once, also while another thread appends or refreshes. The
+in-memory data is an immutable snapshot swapped in one assignment (rows only ever get added
+beyond what a snapshot covers, see `core.store.exact`), so exact searches take no lock; calls
+into DeepLake hold the read side of a readers-writer lock, and `append` / `refresh` /
+`build_index` its write side.
+
+Writing. `append` validates, appends in one batch and commits (uncommitted rows die with the
+process). Writable handles switch DeepLake's automatic index building off, because at about
+1M rows it silently turns a commit of a second into minutes (benchmarks/README.md, store);
+build it deliberately with `build_index()` when the index path is wanted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, TypedDict, Unpack
+
+import deeplake
+import numpy as np
+from deeplake import types
+
+from core.errors import ModelMismatchError, StoreError
+from core.store.base import (
+    CollectionInfo,
+    Hit,
+    Record,
+    SearchRequest,
+    records_matrix,
+    search_request,
+    text_passes,
+)
+from core.store.exact import Table, extend_table, top_indices, unit_rows
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+SearchMode = Literal["auto", "exact", "index"]
+_HIT_COLUMNS = ("id", "text", "source", "s3_key", "width", "height")
+_READ_CHUNK_ROWS = 65_536  # embeddings normalised per read: bounds the extra memory of a load
+
+
+class SearchTuning(TypedDict, total=False):
+    """How a handle searches: keywords of `create`, `open` and `open_or_create`, passed on to
+    the constructor, which documents them and gives their defaults."""
+
+    mode: SearchMode
+    exact_max_rows: int
+    index_candidates: int
+    preload: bool | None
+
+
+def _schema(dim: int) -> dict[str, Any]:
+    return {
+        "id": types.Text(),
+        "embedding": types.Embedding(dim),
+        "text": types.Text(),
+        "source": types.Text(),
+        "s3_key": types.Text(),
+        "image": types.Image(sample_compression="jpg"),
+        "width": types.Int32(),
+        "height": types.Int32(),
+    }
+
+
+class _ReadWriteLock:
+    """Many readers or one writer; a waiting writer holds back new readers. Not reentrant."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class _State:
+    """The collection as this handle last saw it. `ids` / `row_of` only grow (first id wins)."""
+
+    version: str
+    rows: int
+    ids: list[str]
+    row_of: dict[str, int]
+    table: Table | None  # present in exact mode once loaded
+
+
+def _clean_creds(creds: Mapping[str, str | None] | None) -> dict[str, str] | None:
+    if creds is None:
+        return None
+    return {k: v for k, v in creds.items() if v}
+
+
+def _text(value: object) -> str:
+    """A text cell as a string: DeepLake reads an empty string back as None."""
+    return "" if value is None else str(value)
+
+
+def _tql_text(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _ilike_pattern(word: str) -> tuple[str, bool]:
+    """An ILIKE pattern matching at least the texts containing `word`, and whether it is exact.
+
+    TQL's ILIKE folds ASCII case only and has no escape for `%` and `_`; characters outside
+    printable ASCII become `%`, so the pattern matches a superset (checked afterwards).
+    """
+    exact = all(" " <= c <= "~" and c not in "%_" for c in word)
+    body = "".join(c if " " <= c <= "~" else "%" for c in word)
+    return f"%{body}%", exact
+
+
+class DeepLakeStore:
+    """A `VectorStore` on a DeepLake 4 dataset; made by `create`, `open` or `open_or_create`."""
+
+    def __init__(
+        self,
+        ds: Any,
+        *,
+        path: str,
+        read_only: bool,
+        mode: SearchMode = "auto",
+        exact_max_rows: int = 2_000_000,
+        index_candidates: int = 400,
+        preload: bool | None = None,
+    ) -> None:
+        """Wrap an open dataset; use `create`, `open` or `open_or_create`, which pass on the
+        same keywords (`SearchTuning`):
+
+        - `mode`: "exact" (in memory), "index" (DeepLake's TQL), "auto" (exact up to
+          `exact_max_rows` rows);
+        - `index_candidates`: rows fetched from DeepLake and re-ranked exactly in index mode
+          (more: better recall with an approximate index, slower; see the benchmark);
+        - `preload`: load the search matrix now rather than at the first search (default: when
+          read-only, as a searching process is; a writer such as the ingest rarely searches).
+        """
+        if mode not in ("auto", "exact", "index"):
+            raise ValueError(f"mode must be 'auto', 'exact' or 'index', not {mode!r}")
+        self._ds = ds
+        self._path = path
+        self._read_only = read_only
+        self._mode = mode
+        self._exact_max_rows = exact_max_rows
+        self._index_candidates = index_candidates
+        self._lock = _ReadWriteLock()
+        meta = ds.metadata
+        self._model_name = str(meta["model_name"])
+        self._dim = int(meta["dim"])
+        self._schema_version = int(meta["schema_version"])
+        if not read_only:
+            ds.indexing_mode = deeplake.IndexingMode.Off
+        load_table = read_only if preload is None else preload
+        self._state: _State | None = self._advance(None, want_table=load_table)
+
+    # ----- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str,
+        *,
+        model_name: str,
+        dim: int,
+        creds: Mapping[str, str | None] | None = None,
+        **tuning: Unpack[SearchTuning],
+    ) -> DeepLakeStore:
+        """Create an empty collection at `path` (local dir, `mem://name`, `s3://bucket/prefix`)."""
+        unknown = sorted(set(tuning) - SearchTuning.__optional_keys__)
+        if unknown:  # before the dataset is made, not when the constructor refuses the keyword
+            raise TypeError(
+                f"DeepLakeStore.create() got an unexpected keyword argument {unknown[0]!r}"
+            )
+        if dim <= 0:
+            raise ValueError(f"dim must be positive, got {dim}")
+        try:
+            ds = deeplake.create(path, creds=_clean_creds(creds))
+        except deeplake.LogExistsError:
+            raise StoreError(
+                f"a dataset already exists at {path}: open it, or choose another path"
+            ) from None
+        except Exception as exc:
+            raise StoreError(f"cannot create dataset {path}: {exc}") from exc
+        for name, dtype in _schema(dim).items():
+            ds.add_column(name, dtype)
+        ds.metadata["model_name"] = model_name
+        ds.metadata["dim"] = dim
+        ds.metadata["schema_version"] = SCHEMA_VERSION
+        ds.commit(f"Search All: new collection for {model_name} ({dim}-d)")
+        return cls(ds, path=path, read_only=False, **tuning)
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        *,
+        creds: Mapping[str, str | None] | None = None,
+        read_only: bool = True,
+        expect_model: str | None = None,
+        **tuning: Unpack[SearchTuning],
+    ) -> DeepLakeStore:
+        """Open an existing collection; with `expect_model`, refuse one built by another model."""
+        try:
+            if read_only:
+                ds = deeplake.open_read_only(path, creds=_clean_creds(creds))
+            else:
+                ds = deeplake.open(path, creds=_clean_creds(creds))
+        except deeplake.LogNotexistsError:
+            raise StoreError(
+                f"no dataset at {path}: check the path, or run the ingest to build one"
+            ) from None
+        except Exception as exc:
+            raise StoreError(f"cannot open dataset {path}: {exc}") from exc
+        _check_metadata(ds, path, expect_model)
+        return cls(ds, path=path, read_only=read_only, **tuning)
+
+    @classmethod
+    def open_or_create(
+        cls,
+        path: str,
+        *,
+        model_name: str,
+        dim: int,
+        creds: Mapping[str, str | None] | None = None,
+        **tuning: Unpack[SearchTuning],
+    ) -> DeepLakeStore:
+        """Open `path` for writing, creating it when absent; refuse another model's dataset."""
+        try:
+            exists = deeplake.exists(path, creds=_clean_creds(creds))
+        except Exception as exc:
+            raise StoreError(f"cannot reach dataset {path}: {exc}") from exc
+        if not exists:
+            return cls.create(path, model_name=model_name, dim=dim, creds=creds, **tuning)
+        store = cls.open(path, creds=creds, read_only=False, expect_model=model_name, **tuning)
+        if store._dim != dim:
+            raise StoreError(
+                f"dataset {path} stores {store._dim}-d embeddings but model {model_name!r}"
+                f" gives {dim}-d ones: use another dataset path"
+            )
+        return store
+
+    # ----- VectorStore -----------------------------------------------------------------------
+
+    @property
+    def info(self) -> CollectionInfo:
+        state = self._current()
+        return CollectionInfo(
+            path=self._path,
+            model_name=self._model_name,
+            dim=self._dim,
+            rows=state.rows,
+            version=state.version,
+            schema_version=self._schema_version,
+            search_mode="exact" if self._exact(state.rows) else "index",
+            read_only=self._read_only,
+        )
+
+    def append(self, records: Sequence[Record]) -> int:
+        """One batch, one commit."""
+        if self._read_only:
+            raise StoreError(f"dataset {self._path} was opened read-only: open it for writing")
+        if not records:
+            return 0
+        matrix = records_matrix(records, self._dim)
+        data = {
+            "id": [r.id for r in records],
+            "embedding": matrix,
+            "text": [r.text for r in records],
+            "source": [r.source for r in records],
+            "s3_key": [r.s3_key for r in records],
+            # b"", never None: a batch mixing bytes and None segfaults DeepLake 4.7.4
+            "image": [r.image_jpeg or b"" for r in records],
+            "width": np.array([r.width for r in records], dtype=np.int32),
+            "height": np.array([r.height for r in records], dtype=np.int32),
+        }
+        with self._lock.write():
+            state = self._current()
+            taken = [r.id for r in records if r.id in state.row_of]
+            if taken:
+                raise StoreError(
+                    f"{len(taken)} id(s) already in dataset {self._path}, e.g. {taken[0]!r}:"
+                    " skip them (existing_ids) before appending"
+                )
+            try:
+                self._ds.append(data)
+                self._ds.commit(f"Search All: append {len(records)} records")
+            except Exception as exc:
+                try:
+                    self._ds.rollback()
+                except Exception:  # noqa: BLE001 - the append error is the one to report
+                    log.exception("rollback after a failed append failed too")
+                raise StoreError(f"cannot write to dataset {self._path}: {exc}") from exc
+            self._state = self._advance(state, want_table=state.table is not None)
+        return len(records)
+
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        row_of = self._current().row_of
+        return {i for i in ids if i in row_of}
+
+    def search(
+        self,
+        vector: np.ndarray,
+        k: int,
+        *,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        offset: int = 0,
+    ) -> list[Hit]:
+        request = search_request(vector, k, include, exclude, offset, self._dim)
+        state = self._current()
+        if k == 0 or state.rows == 0:
+            return []
+        if not self._exact(state.rows):
+            return self._search_tql(request)
+        if state.table is None:
+            state = self._load_table()
+        assert state.table is not None
+        return state.table.search(request, state.ids)
+
+    def embedding(self, id: str) -> np.ndarray:
+        row = self._current().row_of.get(id)
+        if row is None:
+            raise KeyError(id)
+        with self._lock.read():
+            return np.array(self._open_ds()["embedding"][row], dtype=np.float32)
+
+    def embeddings_at(self, rows: Sequence[int]) -> np.ndarray:
+        state = self._current()
+        wanted = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if wanted.size and (wanted.min() < 0 or wanted.max() >= state.rows):
+            raise StoreError(f"row {int(wanted.max())} is not in dataset {self._path} ({state.rows} rows)")
+        if state.table is not None:  # exact mode: rows of the in-memory matrix (unit length)
+            return np.array(state.table.unit[wanted], dtype=np.float32)
+        out = np.empty((len(wanted), self.info.dim), dtype=np.float32)
+        with self._lock.read():
+            column = self._open_ds()["embedding"]
+            for i, row in enumerate(wanted):
+                out[i] = column[int(row)]
+        return out
+
+    def image_bytes(self, row_or_hit: int | Hit) -> bytes | None:
+        row = row_or_hit.row if isinstance(row_or_hit, Hit) else int(row_or_hit)
+        rows = self._current().rows
+        if not 0 <= row < rows:
+            raise StoreError(f"row {row} is not in dataset {self._path} ({rows} rows)")
+        with self._lock.read():
+            data = self._open_ds()["image"].get_bytes(row)
+        return bytes(data) or None
+
+    def refresh(self) -> bool:
+        with self._lock.write():
+            state = self._current()
+            try:
+                self._ds.refresh()
+            except Exception as exc:
+                raise StoreError(f"cannot refresh dataset {self._path}: {exc}") from exc
+            self._state = self._advance(state, want_table=state.table is not None)
+            return self._state is not state
+
+    def close(self) -> None:
+        with self._lock.write():
+            self._ds = None
+            self._state = None
+
+    def __enter__(self) -> DeepLakeStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----- beyond the interface ------------------------------------------------------------------
+
+    def build_index(self) -> float:
+        """Build DeepLake's vector index now and commit; the seconds it took.
+
+        Only useful for the index path (collections beyond `exact_max_rows`, or `mode="index"`);
+        it takes minutes and several GB at 1M rows.
+        """
+        if self._read_only:
+            raise StoreError(f"dataset {self._path} was opened read-only: open it for writing")
+        with self._lock.write():
+            ds = self._open_ds()
+            start = time.perf_counter()
+            ds.indexing_mode = deeplake.IndexingMode.Always
+            try:
+                ds.build_indexes()
+                ds.commit("Search All: build vector index")
+            finally:
+                ds.indexing_mode = deeplake.IndexingMode.Off
+            state = self._current()
+            self._state = self._advance(state, want_table=state.table is not None)
+            return time.perf_counter() - start
+
+    # ----- internals -----------------------------------------------------------------------
+
+    def _open_ds(self) -> Any:
+        if self._ds is None:
+            raise StoreError(f"the store for {self._path} is closed")
+        return self._ds
+
+    def _current(self) -> _State:
+        state = self._state
+        if state is None:
+            raise StoreError(f"the store for {self._path} is closed")
+        return state
+
+    def _exact(self, rows: int) -> bool:
+        return self._mode == "exact" or (self._mode == "auto" and rows <= self._exact_max_rows)
+
+    def _load_table(self) -> _State:
+        with self._lock.write():
+            state = self._current()
+            if state.table is None:
+                self._state = state = self._advance(state, want_table=True)
+            return state
+
+    def _advance(self, old: _State | None, *, want_table: bool) -> _State:
+        """The state for the handle's current version, reading only appended rows when it can.
+
+        Called with the write lock held (or before the store is shared).
+        """
+        ds = self._open_ds()
+        version, rows = str(ds.version), len(ds)
+        want_table = want_table and self._exact(rows)
+        same = old is not None and old.version == version and old.rows == rows
+        if same and old is not None and (old.table is not None or not want_table):
+            return old
+        grow = (
+            old is not None
+            and rows >= old.rows
+            and (same or self._only_appends_since(old.version))
+        )
+        start = old.rows if grow and old is not None else 0
+        try:
+            new_ids = [_text(i) for i in ds["id"][start:rows]] if rows > start else []
+            base = old.table if grow and old is not None else None
+            table = self._read_table(base, rows) if want_table else None
+        except Exception as exc:
+            raise StoreError(f"cannot read dataset {self._path}: {exc}") from exc
+        if start and old is not None:
+            ids, row_of = old.ids, old.row_of
+            del ids[start:]
+        else:
+            ids, row_of = [], {}
+        for row, id_ in enumerate(new_ids, start):
+            row_of.setdefault(id_, row)
+        ids.extend(new_ids)
+        return _State(version=version, rows=rows, ids=ids, row_of=row_of, table=table)
+
+    def _only_appends_since(self, version: str) -> bool:
+        history = list(self._open_ds().history)
+        seen = [v.id for v in history]
+        if version not in seen:
+            return False
+        later = history[seen.index(version) + 1 :]
+        return all(op.startswith("Appended ") for v in later for op in v.operations)
+
+    def _read_table(self, base: Table | None, rows: int) -> Table:
+        ds = self._open_ds()
+        start = base.n if base is not None else 0
+        unit = np.empty((rows - start, self._dim), dtype=np.float32)
+        for lo in range(start, rows, _READ_CHUNK_ROWS):
+            hi = min(rows, lo + _READ_CHUNK_ROWS)
+            unit[lo - start : hi - start] = unit_rows(np.asarray(ds["embedding"][lo:hi]))
+        texts, sources, s3_keys = (
+            [_text(t) for t in ds[column][start:rows]] if rows > start else []
+            for column in ("text", "source", "s3_key")
+        )
+        sizes = np.zeros((rows - start, 2), dtype=np.int32)
+        if rows > start:
+            sizes[:, 0] = ds["width"][start:rows]
+            sizes[:, 1] = ds["height"][start:rows]
+        return extend_table(base, unit, texts, sources, s3_keys, sizes)
+
+    def _search_tql(self, request: SearchRequest) -> list[Hit]:
+        q, k, offset = request.q, request.k, request.offset
+        include, exclude = request.include, request.exclude
+        conditions = []
+        for word in include:
+            pattern, _ = _ilike_pattern(word)
+            conditions.append(f"text ILIKE {_tql_text(pattern)}")
+        for word in exclude:
+            pattern, exact = _ilike_pattern(word)
+            if exact:  # a wider pattern would exclude too much; these are checked afterwards
+                conditions.append(f"NOT text ILIKE {_tql_text(pattern)}")
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        want = offset + k
+        fetch = max(self._index_candidates, 2 * want)
+        vector = ", ".join(format(float(x), ".9g") for x in q)
+        columns = ", ".join((*_HIT_COLUMNS, "embedding"))
+        query = (
+            f"SELECT {columns}, row FROM (SELECT {columns}, ROW_NUMBER() AS row) {where}"
+            f" ORDER BY COSINE_SIMILARITY(embedding, ARRAY[{vector}]) DESC LIMIT {fetch}"
+        )
+        with self._lock.read():
+            try:
+                view = self._open_ds().query(query)
+                got = {c: view[c][:] for c in (*_HIT_COLUMNS, "embedding", "row")}
+            except Exception as exc:
+                raise StoreError(f"DeepLake search in {self._path} failed: {exc}") from exc
+        texts = [_text(t) for t in got["text"]]
+        keep = np.array([text_passes(t.lower(), include, exclude) for t in texts], dtype=bool)
+        emb = np.asarray(got["embedding"], dtype=np.float32).reshape(-1, self._dim)
+        scores = np.where(keep, unit_rows(emb) @ q, -np.inf) if len(texts) else np.empty(0)
+        top = top_indices(scores, min(want, int(keep.sum())))[offset:]
+        return [
+            Hit(
+                id=_text(got["id"][i]),
+                score=float(scores[i]),
+                text=texts[i],
+                source=_text(got["source"][i]),
+                s3_key=_text(got["s3_key"][i]),
+                width=int(got["width"][i]),
+                height=int(got["height"][i]),
+                row=int(got["row"][i]),
+            )
+            for i in top
+        ]
+
+
+def _check_metadata(ds: Any, path: str, expect_model: str | None) -> None:
+    meta = ds.metadata
+    missing = [key for key in ("model_name", "dim", "schema_version") if key not in meta]
+    if missing:
+        raise StoreError(
+            f"dataset {path} is not a Search All collection (its metadata lacks"
+            f" {', '.join(missing)}): point to a dataset built by the ingest"
+        )
+    if int(meta["schema_version"]) > SCHEMA_VERSION:
+        raise StoreError(
+            f"dataset {path} has schema version {meta['schema_version']}, newer than this"
+            f" program understands ({SCHEMA_VERSION}): upgrade Search All"
+        )
+    columns = {col.name for col in ds.schema.columns}
+    absent = sorted(set(_schema(1)) - columns)
+    if absent:
+        raise StoreError(f"dataset {path} lacks the column(s) {', '.join(absent)}")
+    built_with = str(meta["model_name"])
+    if expect_model is not None and built_with != expect_model:
+        raise ModelMismatchError(
+            f"dataset {path} was built with model '{built_with}'; searching it with"
+            f" '{expect_model}' would give meaningless results: rebuild it or pass"
+            f" --model {built_with}"
+        )
