@@ -261,6 +261,7 @@ class Secrets:
     slack_app_token: str | None = field(default=None, repr=False)
     aws_access_key_id: str | None = field(default=None, repr=False)
     aws_secret_access_key: str | None = field(default=None, repr=False)
+    aws_session_token: str | None = field(default=None, repr=False)
 
     ENV_NAMES = {
         "discord_token": "DISCORD_TOKEN",
@@ -269,6 +270,7 @@ class Secrets:
         "slack_app_token": "SLACK_APP_TOKEN",
         "aws_access_key_id": "AWS_ACCESS_KEY_ID",
         "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+        "aws_session_token": "AWS_SESSION_TOKEN",
     }
 
     @classmethod

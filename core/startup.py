@@ -18,6 +18,7 @@ from core.errors import ModelMismatchError
 from core.imagebind.configs import get_config
 from core.metrics import Metrics
 from core.page_memory import PageMemory
+from core.s3.client import S3Connection
 from core.s3.locator import ImageLocator
 from core.service import SearchService
 from core.speech import speech_policy
@@ -28,16 +29,11 @@ log = logging.getLogger(__name__)
 
 
 def store_creds(settings: Settings, secrets: Secrets) -> dict[str, str] | None:
-    """DeepLake credentials for an `s3://` dataset: endpoint and region from config, keys from env."""
+    """DeepLake credentials for an `s3://` dataset: endpoint and region from config, keys from
+    boto3's default chain (environment with its session token, profile, instance role)."""
     if not settings.store.dataset.startswith("s3://"):
         return None
-    creds = {
-        "aws_access_key_id": secrets.aws_access_key_id,
-        "aws_secret_access_key": secrets.aws_secret_access_key,
-        "endpoint_url": settings.store.s3_endpoint_url,
-        "aws_region": settings.store.s3_region,
-    }
-    return {k: v for k, v in creds.items() if v}
+    return S3Connection.from_settings(settings.store, secrets).deeplake_creds()
 
 
 @asynccontextmanager

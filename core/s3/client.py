@@ -1,7 +1,10 @@
 """S3 access shared by the ingest (an `s3://` source, image uploads) and replies (presigned URLs).
 
 One `S3Connection` says where S3 is (endpoint and region from `[store] s3_endpoint_url` /
-`s3_region`, keys from the environment through `Secrets`); `client()` builds the boto3 client.
+`s3_region`); `client()` builds the boto3 client. Credentials come from boto3's default chain:
+the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, as SSO and
+assumed roles give), a profile (AWS_PROFILE), or the instance or container role; keys given to
+the connection explicitly win. URLs are presigned with Signature Version 4.
 boto3 is imported only then, so nothing of core needs it unless S3 is configured, and a missing
 boto3 is a `ConfigError` with the install line. Clients are made once per connection and process: a forked
 ingest worker builds its own rather than sharing the parent's sockets.
@@ -40,14 +43,15 @@ def describe_s3_error(exc: BaseException) -> str:
         code, message = error.get("Code", "?"), error.get("Message", "")
         hint = {
             "NoSuchBucket": ": create the bucket first, or fix the bucket name",
-            "AccessDenied": ": the keys in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY lack permission",
+            "AccessDenied": ": the AWS credentials in use lack permission",
             "InvalidAccessKeyId": ": check AWS_ACCESS_KEY_ID",
             "SignatureDoesNotMatch": ": check AWS_SECRET_ACCESS_KEY",
         }.get(code, "")
         return f"{code} {message}".strip() + hint
     name = type(exc).__name__
     if name == "NoCredentialsError":
-        return "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        return ("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and "
+                "AWS_SESSION_TOKEN for temporary keys), or AWS_PROFILE, or run with an instance role")
     if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
         return f"cannot reach S3 ({exc}): check [store] s3_endpoint_url and the network"
     return f"{name}: {exc}"
@@ -72,15 +76,27 @@ class S3Connection:
 
     @classmethod
     def from_settings(
-        cls, store: StoreSettings, secrets: Secrets, *, max_pool_connections: int = 16
+        cls, store: StoreSettings, secrets: Secrets | None = None, *, max_pool_connections: int = 16
     ) -> S3Connection:
+        """The connection of `[store]`; credentials from boto3's default chain (`secrets` is kept
+        for the callers' symmetry: keys are never read from the TOML, and passing the
+        environment's keys explicitly would drop its AWS_SESSION_TOKEN)."""
         return cls(
             endpoint_url=store.s3_endpoint_url,
             region=store.s3_region,
-            access_key_id=secrets.aws_access_key_id,
-            secret_access_key=secrets.aws_secret_access_key,
             max_pool_connections=max_pool_connections,
         )
+
+    def deeplake_creds(self) -> dict[str, str]:
+        """The `creds` DeepLake wants for an `s3://` dataset: endpoint, region, and the keys the
+        default chain resolves now (session token included). Temporary keys are passed as they
+        are at this moment: DeepLake does not renew them."""
+        creds = {"endpoint_url": self.endpoint_url, "aws_region": self.region}
+        if self.access_key_id and self.secret_access_key:
+            creds |= {"aws_access_key_id": self.access_key_id, "aws_secret_access_key": self.secret_access_key}
+        else:
+            creds |= _default_chain_keys()
+        return {k: v for k, v in creds.items() if v}
 
     def client(self) -> Any:
         """The boto3 S3 client of this process for this connection (thread-safe to share)."""
@@ -112,14 +128,34 @@ class S3Connection:
             from botocore.config import Config
         except ImportError:
             raise ConfigError("S3 needs boto3: pip install 'search-all[s3]'") from None
-        options = dict(options)
+        options = dict(options, signature_version="s3v4")
         if self.endpoint_url:  # S3-compatible servers (MinIO, moto, ...) want path-style URLs
             options["s3"] = {"addressing_style": "path"}
+        keys = {}
+        if self.access_key_id and self.secret_access_key:
+            keys = {"aws_access_key_id": self.access_key_id, "aws_secret_access_key": self.secret_access_key}
         return boto3.session.Session().client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            region_name=self.region,
-            aws_access_key_id=self.access_key_id,
-            aws_secret_access_key=self.secret_access_key,
-            config=Config(**options),
+            "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=Config(**options), **keys
         )
+
+
+def _default_chain_keys() -> dict[str, str | None]:
+    """The keys boto3's default chain finds (environment, profile, instance or container role);
+    without boto3, the environment's."""
+    try:
+        import boto3
+    except ImportError:
+        return {
+            "aws_access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
+            "aws_secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            "aws_session_token": os.environ.get("AWS_SESSION_TOKEN"),
+        }
+    found = boto3.session.Session().get_credentials()
+    if found is None:
+        return {}
+    frozen = found.get_frozen_credentials()
+    return {
+        "aws_access_key_id": frozen.access_key,
+        "aws_secret_access_key": frozen.secret_key,
+        "aws_session_token": frozen.token,
+    }
