@@ -161,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bots = commands.add_parser("bot", help="run a chat bot").add_subparsers(dest="platform", required=True)
     discord = bots.add_parser("discord", help="the Discord bot (token from DISCORD_TOKEN)")
-    discord.add_argument("--sync", action="store_true", help="register the slash commands with Discord first")
+    discord.add_argument(
+        "--sync", nargs="?", const=True, default=False, type=int, metavar="GUILD_ID",
+        help="register the slash commands with Discord first: globally, or in the server GUILD_ID at once",
+    )
     _common(discord)
     discord.set_defaults(run=_run_discord)
     slack = bots.add_parser("slack", help="the Slack bot (SLACK_BOT_TOKEN, SLACK_SIGNING_SECRET)")

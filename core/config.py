@@ -175,8 +175,9 @@ class DiscordSettings(_Section):
     # Empty lists allow every guild / channel.
     allowed_guilds: list[int] = []
     allowed_channels: list[int] = []
-    # Whether the Message Content privileged intent is enabled for the app (see README).
-    message_content_intent: bool = True
+    # Ask for the privileged Message Content intent (docs/discord.md). Mentions, DMs and context
+    # menus work without it; turn it on in the Developer Portal before setting this to true.
+    message_content_intent: bool = False
 
 
 class SlackSettings(_Section):

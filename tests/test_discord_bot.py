@@ -18,10 +18,18 @@ import pytest_asyncio
 
 from bot.common.handle import Attachment, build_query
 from bot.common.reply import MoreLikeThis, NextPage, decode_action
-from bot.discord.bot import SearchBot, open_discord_bot, run_discord
+from bot.discord.bot import (
+    BAD_TOKEN,
+    INTENT_REFUSED,
+    SearchBot,
+    invite_url,
+    open_discord_bot,
+    run_discord,
+    serve_discord,
+)
 from bot.discord.cog import AUDIO_MENU, IMAGE_MENU, OUT_OF_DATE
 from bot.discord.render import NOT_ATTACHED
-from core.config import Secrets, Settings
+from core.config import DiscordSettings, Secrets, Settings
 from core.errors import ConfigError
 from core.query import Query
 from core.service import SearchResult, SearchService
@@ -95,6 +103,7 @@ def settings(dataset_settings, fake, dm_users) -> Settings:
         gateway_url=fake.gateway_url,
         attachment_hosts=[fake.cdn_host],
         allowed_channels=[fake.channel_id, *(fake.dm_channel_id(u) for u in dm_users)],
+        message_content_intent=True,  # the fake's app has it enabled (tests below turn it off)
     )
 
 
@@ -115,7 +124,7 @@ class BotRunner:
             open_search_service(self.settings, secrets=Secrets(), progress=False)
         )
 
-    async def start(self, settings: Settings | None = None, *, sync: bool = False) -> None:
+    async def start(self, settings: Settings | None = None, *, sync: bool | int = False) -> None:
         settings = settings or self.settings
         self.bot = await self._bot_stack.enter_async_context(
             open_discord_bot(settings, self.service, sync=sync, guild_ready_timeout=0.05)
@@ -133,7 +142,7 @@ class BotRunner:
             await asyncio.wait_for(self._task, 20)
         await self._bot_stack.aclose()
 
-    async def restart(self, settings: Settings | None = None, *, sync: bool = False, new_service: bool = False):
+    async def restart(self, settings: Settings | None = None, *, sync: bool | int = False, new_service: bool = False):
         await self.stop()
         if new_service:
             await self._service_stack.aclose()
@@ -616,3 +625,54 @@ async def test_without_the_message_content_intent(fake, runner, settings):
 async def test_run_discord_needs_the_token():
     with pytest.raises(ConfigError, match="DISCORD_TOKEN"):
         run_discord(Settings(), Secrets(), sync=False)
+
+
+async def test_the_documented_defaults_start_without_the_privileged_intent(fake, runner, settings, capsys):
+    assert DiscordSettings().message_content_intent is False  # docs/discord.md: leave it off
+    fake.message_content_enabled = False  # a new app in the Developer Portal
+    try:
+        await runner.restart(with_discord(settings, message_content_intent=DiscordSettings().message_content_intent))
+        mention = fake.user_message(fake.snowflake(), "a red car", mention=True)
+        await fake.send_message(mention)
+        reply = await reply_to(fake, mention)
+        await assert_shows(runner.service, reply, await runner.service.search(text_query("a red car")))
+    finally:
+        fake.message_content_enabled = True
+        await runner.restart(settings)
+    started = capsys.readouterr().out
+    assert f"logged in as {runner.bot.user}" in started and "servers; invite it with" in started
+    assert invite_url(runner.bot.application_id) in started
+    assert f"client_id={runner.bot.application_id}" in invite_url(runner.bot.application_id)
+
+
+def no_ops_port(settings: Settings) -> Settings:
+    ops = settings.ops.model_copy(update={"health_port": 0})
+    return Settings.model_validate({**settings.model_dump(), "ops": ops.model_dump()})
+
+
+async def test_a_wrong_token_is_one_line_that_names_the_fix(fake, runner, settings):
+    with pytest.raises(ConfigError) as refused:
+        await asyncio.wait_for(serve_discord(no_ops_port(settings), runner.service, "MTE.wrong.token",
+                                             guild_ready_timeout=0.05), 20)
+    assert str(refused.value) == BAD_TOKEN and "Reset Token" in BAD_TOKEN and "DISCORD_TOKEN" in BAD_TOKEN
+    assert refused.value.__cause__ is None and "\n" not in str(refused.value)
+
+
+async def test_a_refused_intent_is_one_line_that_names_the_switch(fake, runner, settings):
+    fake.message_content_enabled = False
+    try:
+        with pytest.raises(ConfigError) as refused:
+            await asyncio.wait_for(serve_discord(no_ops_port(settings), runner.service, TOKEN,
+                                                 guild_ready_timeout=0.05), 20)
+    finally:
+        fake.message_content_enabled = True
+    assert str(refused.value) == INTENT_REFUSED
+    assert "Message Content Intent" in INTENT_REFUSED and "message_content_intent = false" in INTENT_REFUSED
+
+
+async def test_sync_with_a_guild_registers_the_commands_there_at_once(fake, runner):
+    guild = fake.guild_id
+    await runner.restart(sync=guild)
+    names = {(c["name"], c.get("type", 1)) for c in fake.commands[str(guild)]}
+    assert names == {("search", 1), (IMAGE_MENU, 3), (AUDIO_MENU, 3)}
+    await runner.restart()

@@ -1,9 +1,10 @@
 """The Discord bot: `/search`, two message context menus, mentions and DMs, result buttons.
 
-`run_discord` is what `search-all bot discord [--sync]` runs: it opens the search service and
-serves until stopped. `open_discord_bot` builds a bot around an open `SearchService` (tests drive
-it against a local fake Discord). Slash commands are registered with Discord only when asked
-(`sync=True`): Discord rate-limits command updates, so not on every start.
+`run_discord` is what `search-all bot discord [--sync [GUILD_ID]]` runs: it opens the search
+service and serves until stopped. `open_discord_bot` builds a bot around an open `SearchService`
+(tests drive it against a local fake Discord). Slash commands are registered with Discord only
+when asked (`sync=True` globally, `sync=GUILD_ID` in one server at once, for development):
+Discord rate-limits command updates, so not on every start.
 
 `[discord] api_base_url` and `gateway_url` point discord.py at a Discord-compatible server
 (Spacebar, or the tests' fake); discord.py keeps both as class attributes, so they are set
@@ -28,11 +29,28 @@ from bot.discord.cog import SearchCog, answer_command_error
 from bot.discord.render import ActionButton
 from bot.ops import serve_ops
 from core.config import Secrets, Settings
+from core.errors import ConfigError
 from core.service import SearchService
 
 log = logging.getLogger(__name__)
 
 DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10)
+# View Channel, Send Messages, Embed Links, Attach Files, Read Message History (docs/discord.md).
+INVITE_PERMISSIONS = discord.Permissions(117760)
+BAD_TOKEN = ("Discord refused the token in DISCORD_TOKEN: copy it again from the Developer Portal "
+             "(your application > Bot > Reset Token)")
+INTENT_REFUSED = ("Discord refused the Message Content intent: turn on \"Message Content Intent\" in the "
+                  "Developer Portal (your application > Bot > Privileged Gateway Intents), or set "
+                  "[discord] message_content_intent = false (mentions and DMs work without it)")
+SYNC_REFUSED = ("Discord refused to register the commands{where}: invite the bot with the "
+                "applications.commands scope (docs/discord.md, step 2){guild}")
+
+Sync = bool | int  # False: no registration, True: global, a guild id: that server only (instant)
+
+
+def invite_url(application_id: int) -> str:
+    return discord.utils.oauth_url(application_id, permissions=INVITE_PERMISSIONS,
+                                   scopes=("bot", "applications.commands"))
 
 
 @contextmanager
@@ -54,20 +72,43 @@ class SearchBot(commands.Bot):
     """The bot: its one cog (`bot.discord.cog.SearchCog`) answers commands, messages and buttons."""
 
     def __init__(self, settings: Settings, service: SearchService, session: aiohttp.ClientSession, *,
-                 sync: bool = False, **options: Any):
+                 sync: Sync = False, **options: Any):
         intents = discord.Intents.default()
         intents.message_content = settings.discord.message_content_intent
         super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None, **options)
         self.cog = SearchCog(self, settings, service, session)
         self.sync_commands = sync
+        self.announced = False
         self.tree.error(self.on_tree_error)
 
     async def setup_hook(self) -> None:
         await self.add_cog(self.cog)
         self.add_dynamic_items(ActionButton)
-        if self.sync_commands:
-            synced = await self.tree.sync()
-            log.info("registered %d application commands with Discord", len(synced))
+        if self.sync_commands is not False:
+            await self.register_commands(None if self.sync_commands is True else int(self.sync_commands))
+
+    async def register_commands(self, guild_id: int | None) -> None:
+        """Globally (they can take a while to reach every server), or in one server at once."""
+        guild = None if guild_id is None else discord.Object(id=guild_id)
+        if guild is not None:
+            self.tree.copy_global_to(guild=guild)
+        try:
+            synced = await self.tree.sync(guild=guild)
+        except discord.Forbidden as exc:
+            where, hint = ("", "") if guild_id is None else (
+                f" in server {guild_id}", ", and check that it is a member of that server")
+            raise ConfigError(SYNC_REFUSED.format(where=where, guild=hint)) from exc
+        scope = "globally" if guild_id is None else f"in server {guild_id}"
+        log.info("registered %d application commands with Discord %s", len(synced), scope)
+
+    async def on_ready(self) -> None:
+        """Once per process: who the bot is, where, and the link that adds it to a server."""
+        if self.announced or self.user is None:
+            return
+        self.announced = True
+        invite = invite_url(self.application_id) if self.application_id else "(no application id)"
+        print(f"Search All Discord bot: logged in as {self.user} (id {self.user.id}) in "
+              f"{len(self.guilds)} servers; invite it with {invite}", flush=True)
 
     async def on_message(self, message: discord.Message) -> None:
         """No prefix commands: the cog's listener answers mentions and DMs."""
@@ -82,7 +123,7 @@ class SearchBot(commands.Bot):
 
 @asynccontextmanager
 async def open_discord_bot(
-    settings: Settings, service: SearchService, *, sync: bool = False, **options: Any
+    settings: Settings, service: SearchService, *, sync: Sync = False, **options: Any
 ) -> AsyncIterator[SearchBot]:
     """A bot (not started: `await bot.start(token)`), its endpoints set and its session open."""
     with discord_endpoints(settings.discord.api_base_url, settings.discord.gateway_url):
@@ -92,14 +133,21 @@ async def open_discord_bot(
                 yield bot
 
 
-async def serve_discord(settings: Settings, service: SearchService, token: str, *, sync: bool = False) -> None:
-    """Run the bot, with /healthz and /metrics on `[ops] health_host:health_port`, until it is closed."""
+async def serve_discord(settings: Settings, service: SearchService, token: str, *, sync: Sync = False,
+                        **options: Any) -> None:
+    """Run the bot, with /healthz and /metrics on `[ops] health_host:health_port`, until it is
+    closed. Set-up mistakes (a wrong token, a refused intent) are a `ConfigError` naming the fix."""
     async with serve_ops(service, settings.ops.health_host, settings.ops.health_port):
-        async with open_discord_bot(settings, service, sync=sync) as bot:
-            await bot.start(token)
+        async with open_discord_bot(settings, service, sync=sync, **options) as bot:
+            try:
+                await bot.start(token)
+            except discord.LoginFailure:
+                raise ConfigError(BAD_TOKEN) from None
+            except discord.PrivilegedIntentsRequired:
+                raise ConfigError(INTENT_REFUSED) from None
 
 
-def run_discord(settings: Settings, secrets: Secrets, *, sync: bool) -> None:
+def run_discord(settings: Settings, secrets: Secrets, *, sync: Sync) -> None:
     """`search-all bot discord`: the token from DISCORD_TOKEN (never logged); blocks until stopped."""
     token = secrets.require("discord_token")
 
