@@ -1,9 +1,11 @@
 """Typed configuration: one TOML file, validated in one place, secrets from the environment.
 
 `load_settings(path)` reads the TOML file (every key is optional; `config.example.toml`
-documents each one with its default) and validates it with pydantic. Errors name the file and
-the key. Secrets (tokens, keys) are never read from the TOML: `Secrets.from_env()` reads them
-from environment variables at startup, and their `repr` never shows a value.
+documents each one with its default), lets an environment variable `SEARCH_ALL_<SECTION>__<KEY>`
+override any key (pydantic-settings; lists and tables as JSON), and validates the result with
+pydantic. Errors name the file, the variables and the key. Secrets (tokens, keys) are never read
+from the TOML: `Secrets.from_env()` reads them from environment variables at startup, and their
+`repr` never shows a value.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.errors import ConfigError
 
+ENV_PREFIX = "SEARCH_ALL_"  # SEARCH_ALL_SEARCH__DEFAULT_LIMIT=8 overrides [search] default_limit
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "search-all"
 
 
@@ -227,24 +231,48 @@ class Settings(_Section):
     ops: OpsSettings = OpsSettings()
 
 
+class _SettingsWithEnvironment(BaseSettings, Settings):
+    """`Settings` whose every key an environment variable overrides (the environment wins over
+    the file, so a container changes one setting without a new TOML)."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid", frozen=True, env_prefix=ENV_PREFIX, env_nested_delimiter="__", env_parse_none_str="null"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return env_settings, init_settings
+
+
 def load_settings(path: Path | str | None = None) -> Settings:
-    """Read and validate a TOML config file; `None` gives the embedded defaults."""
-    if path is None:
-        return Settings()
-    path = Path(path)
+    """Read a TOML config file (`None`: the embedded defaults), apply the `SEARCH_ALL_*`
+    environment variables over it, and validate."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    try:
-        return Settings.model_validate(raw)
+        merged = _SettingsWithEnvironment(**raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
-        raise ConfigError(f"{path}: {problems}") from None
+        variables = ", ".join(sorted(name for name in os.environ if name.startswith(ENV_PREFIX)))
+        where = " with ".join(part for part in (str(path) if path else "", variables) if part)
+        raise ConfigError(f"{where or 'settings'}: {problems}") from None
+    return Settings.model_validate(merged.model_dump())
 
 
 def _secret(name: str) -> str | None:
