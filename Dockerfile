@@ -36,7 +36,8 @@ RUN /opt/venv/bin/pip install ".[discord,slack,s3,ingest]"
 
 FROM base
 ENV PATH=/opt/venv/bin:$PATH \
-    XDG_CACHE_HOME=/cache
+    XDG_CACHE_HOME=/cache \
+    SEARCH_ALL_OPS__HEALTH_HOST=0.0.0.0
 COPY --from=build /opt/venv /opt/venv
 RUN useradd --create-home --uid 10001 searchall \
     && mkdir -p /cache /app/data \

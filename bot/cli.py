@@ -210,21 +210,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.INFO if args.verbose or args.command in ("bot", "web") else logging.WARNING
     secrets = Secrets.from_env().values()
     setup_logging(level=level, secrets=secrets)
+    log_format = "text"
+
+    def fatal(line: str) -> None:
+        """The last line of a failed run: plain on stderr, or a JSON log line when logs are JSON."""
+        if log_format == "json":
+            log.error("%s", line)
+        else:
+            print(line, file=sys.stderr)
+
     try:
         log_format = load_settings(args.config).ops.log_format
         if log_format != "text":
             setup_logging(level=level, fmt=log_format, secrets=secrets)
         return args.run(args)
     except SearchAllError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        fatal(f"error: {exc}")
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        fatal("interrupted")
         return 130
     except Exception as exc:  # a bug: one line for the user, the traceback when asked
         if args.verbose:
             log.exception("internal error")
-        print(f"internal error: {type(exc).__name__}: {exc} (run with --verbose for details)", file=sys.stderr)
+        fatal(f"internal error: {type(exc).__name__}: {exc} (run with --verbose for details)")
         return 1
 
 

@@ -201,7 +201,7 @@ class OpsSettings(_Section):
 
     log_format: Literal["text", "json"] = "text"
     # The bots serve GET /healthz and GET /metrics (Prometheus) here; port 0 turns it off.
-    health_host: str = "0.0.0.0"
+    health_host: str = "127.0.0.1"  # the container image sets SEARCH_ALL_OPS__HEALTH_HOST=0.0.0.0
     health_port: int = Field(default=9090, ge=0, le=65535)
     # How often a running bot looks for rows added to the dataset (by an ingest); 0 = never.
     refresh_seconds: float = Field(default=60.0, ge=0)

@@ -77,3 +77,18 @@ def test_cpu_only_installs_ask_for_the_torch_that_pyproject_accepts():
     for requirement in pinned:
         assert f'"{requirement}"' in script
         assert f'"{requirement}"' in readme
+
+
+def test_health_listens_on_loopback_unless_the_image_says_otherwise(monkeypatch):
+    from core.config import ENV_PREFIX, OpsSettings, load_settings
+
+    assert OpsSettings().health_host == "127.0.0.1"
+    env = {}
+    for command in final_stage():
+        if command.cmd == "ENV":
+            env.update(zip(command.value[::2], command.value[1::2], strict=True))
+    assert env["SEARCH_ALL_OPS__HEALTH_HOST"] == "0.0.0.0"
+    for name, value in env.items():
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.setenv(name, value)
+    assert load_settings().ops.health_host == "0.0.0.0"

@@ -203,3 +203,14 @@ def test_searching_with_another_model_is_refused(collection, capsys):
     assert main(["search", "--dataset", str(dataset), "--model", "imagebind_huge", "--text", "cat"]) == 1
     err = capsys.readouterr().err
     assert "built with model 'tiny'" in err and "imagebind_huge" in err
+
+
+def test_the_fatal_line_is_a_json_log_line_when_logs_are_json(tmp_path, capsys):
+    config = tmp_path / "json-logs.toml"
+    config.write_text('[ops]\nlog_format = "json"\n')
+    code = main(["search", "--config", str(config), "--dataset", str(tmp_path / "nothing-here"),
+                 "--model", "tiny", "--text", "a cat"])
+    assert code == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    entry = json.loads(last)
+    assert entry["level"] == "error" and entry["message"].startswith("error: no dataset at")
