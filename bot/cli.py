@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bot.common.handle import Attachment, build_query
-from core.config import MediaLimits, Secrets, Settings, load_settings
+from core.config import MODEL_NAMES, MediaLimits, Secrets, Settings, load_settings
 from core.errors import BadInputError, SearchAllError
 from core.logs import setup_logging
 from core.media.sizes import check_file_size
@@ -34,7 +34,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     if args.dataset:
         store = store.model_copy(update={"dataset": args.dataset})
     settings = settings.model_copy(update={"model": model, "store": store})
-    return Settings.model_validate(settings.model_dump())  # re-validate the overrides
+    return Settings.model_validate(settings.model_dump(exclude_unset=True))  # re-validate the overrides
 
 
 def read_media_file(path: Path, limits: MediaLimits) -> bytes:
@@ -122,7 +122,10 @@ def _ingest(args: argparse.Namespace) -> int:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML config file (see config.example.toml)")
     parser.add_argument("--dataset", help="DeepLake dataset path (overrides [store] dataset)")
-    parser.add_argument("--model", choices=["imagebind_huge", "tiny"], help="overrides [model] name")
+    parser.add_argument(
+        "--model", choices=MODEL_NAMES,
+        help="overrides [model] name (search, web and bots default to the model the dataset records)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

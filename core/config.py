@@ -14,7 +14,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -25,6 +25,10 @@ ENV_PREFIX = "SEARCH_ALL_"  # SEARCH_ALL_SEARCH__DEFAULT_LIMIT=8 overrides [sear
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "search-all"
 
 
+ModelName = Literal["imagebind_huge", "tiny"]
+MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -32,7 +36,8 @@ class _Section(BaseModel):
 class ModelSettings(_Section):
     """Which ImageBind to run, where its weights come from, and how it computes."""
 
-    name: Literal["imagebind_huge", "tiny"] = "imagebind_huge"
+    # Unset: search, web and bots take the model the dataset records; ingest uses this default.
+    name: ModelName = "imagebind_huge"
     checkpoint_path: Path | None = None
     checkpoint_url: str | None = None
     cache_dir: Path = DEFAULT_CACHE_DIR
@@ -272,7 +277,8 @@ def load_settings(path: Path | str | None = None) -> Settings:
         variables = ", ".join(sorted(name for name in os.environ if name.startswith(ENV_PREFIX)))
         where = " with ".join(part for part in (str(path) if path else "", variables) if part)
         raise ConfigError(f"{where or 'settings'}: {problems}") from None
-    return Settings.model_validate(merged.model_dump())
+    # Only what the file and the environment set counts as chosen (`model_fields_set`).
+    return Settings.model_validate(merged.model_dump(exclude_unset=True))
 
 
 def _secret(name: str) -> str | None:

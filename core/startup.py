@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from core.config import Secrets, Settings
+from core.config import MODEL_NAMES, Secrets, Settings
 from core.encoder import Encoder
 from core.errors import ModelMismatchError
 from core.imagebind.configs import get_config
@@ -36,21 +36,37 @@ def store_creds(settings: Settings, secrets: Secrets) -> dict[str, str] | None:
     return S3Connection.from_settings(settings.store, secrets).deeplake_creds()
 
 
+def with_model_of(settings: Settings, recorded: str) -> Settings:
+    """`settings` with the model a dataset records, when none was chosen (so `--model tiny`
+    need not be repeated for a dataset the tiny model built)."""
+    if recorded not in MODEL_NAMES:
+        raise ModelMismatchError(
+            f"dataset {settings.store.dataset} was built with model {recorded!r}, which this program "
+            f"does not know: pass --model ({', '.join(MODEL_NAMES)}) or rebuild it"
+        )
+    if recorded != settings.model.name:
+        log.info("model %r, as recorded by dataset %s", recorded, settings.store.dataset)
+    return settings.model_copy(update={"model": settings.model.model_copy(update={"name": recorded})})
+
+
 @asynccontextmanager
 async def open_search_service(
     settings: Settings, *, secrets: Secrets | None = None, progress: bool = True
 ) -> AsyncIterator[SearchService]:
     secrets = secrets or Secrets.from_env()
+    chosen = "name" in settings.model.model_fields_set  # by --model, the TOML or the environment
     async with AsyncExitStack() as stack:
         store = await asyncio.to_thread(
             DeepLakeStore.open,
             settings.store.dataset,
             creds=store_creds(settings, secrets),
-            expect_model=settings.model.name,
+            expect_model=settings.model.name if chosen else None,
             mode=settings.store.search,
             exact_max_rows=settings.store.exact_max_rows,
         )
         stack.callback(store.close)
+        if not chosen:
+            settings = with_model_of(settings, store.info.model_name)
         model_dim = get_config(settings.model.name).out_dim
         if model_dim != store.info.dim:
             raise ModelMismatchError(

@@ -214,3 +214,21 @@ def test_the_fatal_line_is_a_json_log_line_when_logs_are_json(tmp_path, capsys):
     last = capsys.readouterr().err.strip().splitlines()[-1]
     entry = json.loads(last)
     assert entry["level"] == "error" and entry["message"].startswith("error: no dataset at")
+
+
+def test_the_model_comes_from_the_dataset_unless_one_is_chosen(collection, capsys, tmp_path, monkeypatch):
+    _, dataset = collection
+    plain = tmp_path / "plain.toml"
+    plain.write_text("[search]\ncollapse_cosine = 1.0\n")
+    capsys.readouterr()
+    assert main(["search", "--config", str(plain), "--dataset", str(dataset), "--json", "--text", "a small house"]) == 0
+    recorded = json.loads(capsys.readouterr().out)["hits"]
+    assert recorded == search_json(capsys, dataset, "--text", "a small house")["hits"]  # as with --model tiny
+
+    chosen = tmp_path / "chosen.toml"
+    chosen.write_text('[model]\nname = "imagebind_huge"\n')
+    assert main(["search", "--config", str(chosen), "--dataset", str(dataset), "--text", "cat"]) == 1
+    assert "built with model 'tiny'" in capsys.readouterr().err
+    monkeypatch.setenv("SEARCH_ALL_MODEL__NAME", "imagebind_huge")
+    assert main(["search", "--dataset", str(dataset), "--text", "cat"]) == 1
+    assert "built with model 'tiny'" in capsys.readouterr().err
