@@ -119,7 +119,14 @@ def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+# Options whose value may start with "-" (a query term to subtract: --text "-photo").
+DASH_VALUE_OPTIONS = ("--text", "--filter", "--exclude")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
+    # -v also after the subcommand; SUPPRESS keeps the one given before it.
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log more, show tracebacks")
     parser.add_argument("--config", type=Path, help="TOML config file (see config.example.toml)")
     parser.add_argument("--dataset", help="DeepLake dataset path (overrides [store] dataset)")
     parser.add_argument(
@@ -208,8 +215,36 @@ def _run_web(args: argparse.Namespace) -> int:
     return 0
 
 
+def option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option of `parser` and of its subcommands."""
+    found = set(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= option_strings(sub)
+    return found
+
+
+def with_dash_values(argv: Sequence[str], options: set[str]) -> list[str]:
+    """`--text -photo` as `--text=-photo`: argparse reads a value that starts with "-" as an
+    unknown option, but a query may well start with a minus (a term to subtract)."""
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        value = next(args, None) if arg in DASH_VALUE_OPTIONS else None
+        if value is None:
+            out.append(arg)
+        elif value.startswith("-") and value not in options:
+            out.append(f"{arg}={value}")
+        else:
+            out += [arg, value]
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(with_dash_values(argv, option_strings(parser)))
     level = logging.INFO if args.verbose or args.command in ("bot", "web") else logging.WARNING
     secrets = Secrets.from_env().values()
     setup_logging(level=level, secrets=secrets)

@@ -232,3 +232,11 @@ def test_the_model_comes_from_the_dataset_unless_one_is_chosen(collection, capsy
     monkeypatch.setenv("SEARCH_ALL_MODEL__NAME", "imagebind_huge")
     assert main(["search", "--dataset", str(dataset), "--text", "cat"]) == 1
     assert "built with model 'tiny'" in capsys.readouterr().err
+
+
+def test_a_query_may_start_with_a_minus_and_v_may_follow_the_subcommand(collection, capsys):
+    _, dataset = collection
+    subtracted = search_json(capsys, dataset, "--text", "a small house", "--text", "-photo", "-v")
+    written = search_json(capsys, dataset, "--text", "a small house -photo")
+    assert subtracted["query"] == written["query"] and "photo" in subtracted["query"]
+    assert subtracted["hits"] == written["hits"]
