@@ -321,8 +321,9 @@ def test_unreachable_server(tmp_path: Path) -> None:
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/{FILENAME}"
     spec = CheckpointSpec(name="tiny", url=url, filename=FILENAME)
-    with pytest.raises(CheckpointError, match=f"could not download .* from {re.escape(url)}"):
+    with pytest.raises(CheckpointError, match=f"could not download .* from {re.escape(url)}") as failed:
         resolve_checkpoint(spec, cache_dir=tmp_path, progress=False, timeout=5)
+    assert "--model tiny" in str(failed.value) and "folder:DIR" in str(failed.value)  # the offline route
 
 
 def test_corrupted_cache_is_downloaded_again(served: Served, tmp_path: Path) -> None:

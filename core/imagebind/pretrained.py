@@ -387,10 +387,16 @@ def _finish(spec: CheckpointSpec, url: str, part: Path, target: Path, digest: st
     log.info("checkpoint %s saved to %s (sha256 %s)", spec.name, target, digest)
 
 
+OFFLINE_ROUTE = (
+    "Without internet, try everything with the tiny model instead (random weights, for tests and "
+    "demos): add --model tiny to the ingest and point it at a folder, folder:DIR (see the README)."
+)
+
+
 def _download_error(spec: CheckpointSpec, url: str, reason: str) -> CheckpointError:
     return CheckpointError(
         f"could not download the {spec.name} checkpoint from {url}: {reason}. "
-        f"{_manual_hint(spec, capital=True)}"
+        f"{_manual_hint(spec, capital=True)} {OFFLINE_ROUTE}"
     )
 
 
