@@ -37,6 +37,17 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.model_validate(settings.model_dump(exclude_unset=True))  # re-validate the overrides
 
 
+def positive_int(value: str) -> int:
+    """An argparse type: a whole number of 1 or more (0 used to mean "the default", silently)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} is not 1 or more; leave it out for the default")
+    return number
+
+
 def read_media_file(path: Path, limits: MediaLimits) -> bytes:
     try:
         size = path.stat().st_size
@@ -63,6 +74,10 @@ async def _search(args: argparse.Namespace) -> int:
     from core.startup import open_search_service
 
     settings = _settings(args)
+    max_limit = settings.search.max_limit
+    if args.limit is not None and args.limit > max_limit:
+        print(f"note: --limit {args.limit} is over [search] max_limit; showing {max_limit} per page "
+              "(--offset pages on)", file=sys.stderr)
     query = query_from_args(args, settings.limits, settings.search.default_limit)
     async with open_search_service(settings, progress=not args.json) as service:
         result = await service.search(query)
@@ -156,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--text", action="append", default=[], help="text, with + - and N* weights")
     search.add_argument("--image", action="append", default=[], type=Path, help="an image file")
     search.add_argument("--audio", action="append", default=[], type=Path, help="an audio file")
-    search.add_argument("--limit", type=int, help="number of results")
+    search.add_argument("--limit", type=positive_int, help="number of results (at most [search] max_limit)")
     search.add_argument("--offset", type=int, default=0, help="skip this many results (paging)")
     search.add_argument("--filter", action="append", default=[], help="prompt must contain WORD")
     search.add_argument("--exclude", action="append", default=[], help="prompt must not contain WORD")

@@ -240,3 +240,15 @@ def test_a_query_may_start_with_a_minus_and_v_may_follow_the_subcommand(collecti
     written = search_json(capsys, dataset, "--text", "a small house -photo")
     assert subtracted["query"] == written["query"] and "photo" in subtracted["query"]
     assert subtracted["hits"] == written["hits"]
+
+
+def test_limits_out_of_range_are_said_not_clamped_silently(collection, capsys):
+    _, dataset = collection
+    capsys.readouterr()
+    assert main(["search", "--dataset", str(dataset), "--json", "--text", "castle", "--limit", "50"]) == 0
+    out = capsys.readouterr()
+    assert len(json.loads(out.out)["hits"]) == 10  # [search] max_limit
+    assert "--limit 50 is over [search] max_limit; showing 10" in out.err
+    with pytest.raises(SystemExit) as refused:
+        main(["search", "--dataset", str(dataset), "--text", "castle", "--limit", "0"])
+    assert refused.value.code == 2 and "0 is not 1 or more" in capsys.readouterr().err
