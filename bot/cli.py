@@ -10,9 +10,13 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import sys
+import urllib.request
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from bot.common.handle import Attachment, build_query
 from core.config import MODEL_NAMES, MediaLimits, Secrets, Settings, load_settings
@@ -21,6 +25,9 @@ from core.logs import setup_logging
 from core.media.sizes import check_file_size
 from core.query import Query
 from ingest.sources import DEFAULT_SOURCE
+
+if TYPE_CHECKING:
+    from core.service import ResultItem, SearchService
 
 log = logging.getLogger("search_all")
 
@@ -46,6 +53,35 @@ def positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"{number} is not 1 or more; leave it out for the default")
     return number
+
+
+SAVED_NAME = re.compile(r"^\d{2,}(?:-.+|\.jpg)$")  # "01-sunset.png"; "01.jpg" from older versions
+
+
+def saved_name(rank: int, item: ResultItem, data: bytes) -> str:
+    """"01-sunset.png": the rank, then the result's own name; the extension of the bytes kept."""
+    stem = PurePosixPath(item.id).name or f"row{item.row}"
+    suffix = PurePosixPath(stem).suffix.lower()
+    if data[:3] == b"\xff\xd8\xff" and suffix not in (".jpg", ".jpeg"):
+        stem += ".jpg"  # the dataset's copy is a JPEG
+    return f"{rank:02d}-{stem}"
+
+
+async def save_results(service: SearchService, items: Sequence[ResultItem], folder: Path, *, first_rank: int) -> None:
+    """Each result's image into `folder` under its own name, the original file's bytes when it is
+    a local file (no re-encoding), else the dataset's copy; results of an earlier search there go."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.iterdir():
+        if old.is_file() and SAVED_NAME.match(old.name):
+            old.unlink()
+    for rank, item in enumerate(items, first_rank):
+        data = None
+        if item.url and item.url.startswith("file://"):
+            original = Path(urllib.request.url2pathname(urlsplit(item.url).path))
+            data = original.read_bytes() if original.is_file() else None
+        data = data or await service.image_bytes(item)
+        if data:
+            (folder / saved_name(rank, item, data)).write_bytes(data)
 
 
 def read_media_file(path: Path, limits: MediaLimits) -> bytes:
@@ -82,11 +118,7 @@ async def _search(args: argparse.Namespace) -> int:
     async with open_search_service(settings, progress=not args.json) as service:
         result = await service.search(query)
         if args.save:
-            args.save.mkdir(parents=True, exist_ok=True)
-            for rank, item in enumerate(result.items, 1):
-                data = await service.image_bytes(item)
-                if data:
-                    (args.save / f"{rank:02d}.jpg").write_bytes(data)
+            await save_results(service, result.items, args.save, first_rank=1 + query.offset)
     if args.json:
         print(
             json.dumps(

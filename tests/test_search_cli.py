@@ -3,7 +3,7 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
@@ -138,7 +138,23 @@ def test_saved_images_are_the_stored_jpegs(collection, capsys, tmp_path):
     root, dataset = collection
     path = image_files(root)[1]  # a JPEG small enough to be kept unchanged
     search_json(capsys, dataset, "--image", str(path), "--limit", "2", "--save", str(tmp_path / "out"))
-    assert (tmp_path / "out" / "01.jpg").read_bytes() == path.read_bytes()
+    assert (tmp_path / "out" / f"01-{path.name}").read_bytes() == path.read_bytes()
+
+
+def test_saved_results_keep_their_own_names_and_bytes_and_replace_the_last_search(collection, capsys, tmp_path):
+    root, dataset = collection
+    png = root / "img05.png"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")  # not a result: left alone
+    first = search_json(capsys, dataset, "--image", str(png), "--limit", "3", "--save", str(out))["hits"]
+    assert first[0]["id"] == "img05.png"
+    assert (out / "01-img05.png").read_bytes() == png.read_bytes()  # the original, not a re-encode
+    assert len(list(out.glob("0*"))) == 3
+    second = search_json(capsys, dataset, "--text", "castle", "--limit", "2", "--save", str(out))["hits"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([f"01-{PurePosixPath(second[0]['id']).name}", f"02-{PurePosixPath(second[1]['id']).name}",
+                            "notes.txt"])
 
 
 def test_audio_query_runs(collection, capsys, tmp_path):
