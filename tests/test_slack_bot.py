@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +27,7 @@ from core.query import Query, Term
 from core.service import SearchService
 from core.startup import open_search_service
 from ingest.runner import run_ingest
+from tests.bad_inputs import malformed, says
 from tests.fakes.slack import (
     WAIT_S,
     FakeSlack,
@@ -388,3 +390,40 @@ async def test_socket_mode_from_config_receives_a_slash_command_and_acks_its_env
     async with open_search_service(settings, secrets=SECRETS, progress=False) as service:
         expected = await service.search(Query((Term("text", "a purple cloud"),)))
     assert result_rows(posted) == rows(expected)
+
+
+# ---------------------------------------------------------------------- replays and malformed requests (issue 17)
+
+
+async def test_a_replayed_slash_command_is_not_answered_again(base_settings):
+    """Slack never sends a slash command twice: the same signed request again within the
+    signature's 5 minutes is a replay (anyone who saw it), acked with an empty 200 and not run."""
+    async with harness(base_settings) as h:
+        body = command_body("a red circle", user=USER, channel=CHANNEL, response_url=h.fake.response_url("r"))
+        headers = {"Content-Type": FORM, **signed_headers(SIGNING_SECRET, body)}
+        for _ in range(3):
+            async with h.http.post(h.url, data=body.encode(), headers=headers) as response:
+                assert response.status == 200
+        await h.bot.drain()  # every answer started has been sent
+        assert len(h.fake.calls_to("chat.postMessage")) == 1
+        # A request that failed the signature check is not remembered: signed right, it is answered.
+        other = command_body("a blue square", user=USER, channel=CHANNEL, response_url=h.fake.response_url("s"))
+        assert await h.post(other, FORM, secret="not-the-secret") == 401
+        assert await h.post(other, FORM) == 200
+        await h.fake.wait_for_calls("chat.postMessage", 2)
+
+
+@pytest.mark.parametrize("case", malformed("slack-command", "slack-timestamp"))
+async def test_malformed_requests_get_a_clear_answer_and_log_no_error(base_settings, case, caplog):
+    async with harness(base_settings) as h:
+        body = command_body(case.text or "cat", user=USER, channel=CHANNEL, response_url=h.fake.response_url("m"))
+        headers = {"X-Slack-Request-Timestamp": case.timestamp} if case.timestamp else {}
+        with caplog.at_level(logging.WARNING):
+            assert await h.post(body, FORM, **headers) == case.status
+            await h.bot.drain()
+        if case.expect:
+            (told,) = h.fake.responses
+            assert says(told["text"], case.expect), told["text"]
+        else:
+            assert h.fake.calls == [] and h.fake.responses == []
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

@@ -91,9 +91,13 @@ def test_typed_text_loses_mentions_and_escapes_and_gives_its_limit():
     assert split_limit("castle limit:7 filter:old") == ("castle   filter:old", 7)
     assert split_limit("castle") == ("castle", None)
     assert split_limit("speed-limit:9") == ("speed-limit:9", None)
-    for bad in ("cat limit:x", "cat limit:0", "limit:2 cat limit:3"):
+    # "²" and "٣" pass str.isdigit(); only ASCII digits are a number here.
+    for bad in ("cat limit:x", "cat limit:0", "limit:2 cat limit:3", "cat limit:\u00b2", "cat limit:\u0663"):
         with pytest.raises(QuerySyntaxError, match="limit"):
             split_limit(bad)
+    # A number too long for int() is as many as a message shows (the caller clamps it).
+    text, limit = split_limit("cat limit:" + "9" * 5000)
+    assert text == "cat" and limit is not None and limit >= 10**6
 
 
 def test_slack_audio_clips_are_audio_whatever_their_mimetype_and_carry_slacks_transcript():

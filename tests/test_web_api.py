@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -26,7 +29,16 @@ from core.service import ResultItem, SearchResult
 from core.startup import open_search_service
 from core.store.base import Record
 from core.store.deeplake_store import DeepLakeStore
-from tests.bad_inputs import CASE_IDS, CASES, TOO_MANY_FILES, BadInput, ZeroStream, says
+from tests.bad_inputs import (
+    CASE_IDS,
+    CASES,
+    TOO_MANY_FILES,
+    BadInput,
+    MalformedRequest,
+    ZeroStream,
+    malformed,
+    says,
+)
 from tests.media_factory import make_audio, make_picture
 from tests.speech_fixtures import clip
 
@@ -352,3 +364,96 @@ async def test_a_voice_note_shows_what_was_heard(collection):
     assert status == 200, body
     assert body["heard"].startswith("heard: ")
     assert all(word in body["heard"] for word in voice.key_words)
+
+
+# --------------------------------------------------------------------------- origins and hosts (issue 17)
+
+
+async def port_of(session: aiohttp.ClientSession) -> int:
+    async with session.get("/api/config") as response:
+        assert response.status == 200 and response.url.port is not None
+        return response.url.port
+
+
+async def test_origin_null_and_cross_site_posts_are_refused(server):
+    _, session = server
+    for headers in ({"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}):
+        async with session.post("/api/search", data=form("cat"), headers=headers) as response:
+            assert response.status == 403, headers
+            assert "other web sites" in (await response.json())["error"]
+        async with session.post("/api/action", json={"id": "sa:more:0"}, headers=headers) as response:
+            assert response.status == 403, headers
+    for fetch_site in ("same-origin", "none"):  # the page itself; the user typing the address
+        async with session.post("/api/search", data=form("cat"), headers={"Sec-Fetch-Site": fetch_site}) as response:
+            assert response.status == 200, fetch_site
+
+
+async def test_only_the_configured_host_names_are_served(server):
+    """DNS rebinding: a page on rebind.example whose name now points at 127.0.0.1 sends
+    `Host: rebind.example`; every route refuses it, the image route included."""
+    _, session = server
+    port = await port_of(session)
+    for host in (f"rebind.example:{port}", "rebind.example", f"127.0.0.1.rebind.example:{port}"):
+        for method, path in (("GET", "/image/0"), ("GET", "/"), ("GET", "/api/config"),
+                             ("GET", "/static/app.js"), ("POST", "/api/action")):
+            async with session.request(method, path, headers={"Host": host}, json={"id": "sa:more:0"}) as response:
+                assert response.status == 403, (host, path)
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "localhost"):
+        async with session.get("/image/0", headers={"Host": host}) as response:
+            assert response.status == 200, host
+
+
+async def test_images_may_be_loaded_only_by_the_page_itself(server):
+    _, session = server
+    async with session.get("/image/0") as response:
+        assert response.status == 200
+        assert response.headers["Cross-Origin-Resource-Policy"] == "same-origin"
+
+
+# --------------------------------------------------------------------------- malformed requests (issue 17)
+
+
+async def send_malformed(session: aiohttp.ClientSession, case: MalformedRequest) -> tuple[int, dict]:
+    if case.target == "web-form":
+        async with session.post("/api/search", data=form("cat", limit=case.limit)) as response:
+            return response.status, await response.json()
+    body: Any = case.body
+    if case.chunked:
+        async def stream() -> AsyncIterator[bytes]:
+            for start in range(0, len(case.body), 1024):
+                yield case.body[start : start + 1024]
+        body = stream()
+    headers = {"Content-Type": "application/json"}
+    async with session.post("/api/action", data=body, headers=headers) as response:
+        return response.status, await response.json()
+
+
+@pytest.mark.parametrize("case", malformed("web-form", "web-action"))
+async def test_malformed_requests_get_a_clear_4xx_and_log_no_error(server, case, caplog):
+    _, session = server
+    with caplog.at_level(logging.WARNING):
+        status, body = await send_malformed(session, case)
+    assert status == case.status, body
+    assert says(body["error"], case.expect), body["error"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+async def test_a_chunked_action_body_is_refused_after_its_cap_not_read_to_its_end(server):
+    """A body without a length that never ends: the answer comes after about 4 KB (the rest
+    is never read); reading the whole body, it would never come (the bounded wait fails)."""
+    _, session = server
+    finish = asyncio.Event()
+
+    async def endless() -> AsyncIterator[bytes]:
+        yield b'{"id": "sa:more:0"' + b" " * 8192
+        await finish.wait()  # the client holds the body open until the test ends
+        yield b"}"
+
+    try:
+        async with asyncio.timeout(20):
+            async with session.post("/api/action", data=endless(),
+                                    headers={"Content-Type": "application/json"}) as response:
+                assert response.status == 400
+                assert "too long" in (await response.json())["error"]
+    finally:
+        finish.set()

@@ -14,6 +14,9 @@ the user: `chat.postEphemeral` for events and buttons, the command's `response_u
 in channels the bot is not in) for slash commands.
 
 Also here: events delivered again by Slack (same `event_id`, `X-Slack-Retry-Num`) are dropped;
+a signed request seen already (the same `X-Slack-Signature`, within the 5 minutes a signature is
+valid) is a replay by whoever saw it, acked with an empty 200 and not acted on; a request whose
+`X-Slack-Request-Timestamp` is not a plausible Unix time gets 401 before Bolt reads it;
 Web API calls answered 429 are retried after `Retry-After`; searches are rate-limited per user
 (`[bot]`); `[slack] allowed_channels` limits where the bot answers.
 """
@@ -63,6 +66,12 @@ log = logging.getLogger("search_all.slack")
 COMMAND = "/search"
 EVENTS_PATH = "/slack/events"
 UPLOADS_PER_CALL = 10
+# Bolt accepts a signature while its timestamp is within 5 minutes of now, either side: a
+# signature may be replayed for 10 minutes at most. Remember more than that, and enough of them.
+REPLAY_TTL_S = 15 * 60
+REPLAY_MAX_KEYS = 100_000
+# A Unix time in seconds has 10 digits until 2286; anything else is not Slack's.
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 USAGE = (
     "Search the image collection: `/search a castle in the clouds`.\n"
     "• `cat + cartoon - photo`: add and subtract ideas; `sunset + 0.5*watercolor` weighs one\n"
@@ -130,8 +139,10 @@ class SlackBot:
         )
         self.admission = Admission(settings, per_message=MAX_RESULTS)
         self.recent_events = RecentKeys()
+        self.recent_signatures = RecentKeys(REPLAY_TTL_S, REPLAY_MAX_KEYS)
         self.address: tuple[str, int] | None = None  # HTTP mode: where /slack/events listens
         self._tasks: set[asyncio.Task[None]] = set()
+        self.app.middleware(self._skip_replays)
         self.app.middleware(self._skip_repeated_events)
         self.app.command(COMMAND)(self.ack_command)
         self.app.event("app_mention")(self.ack_mention)
@@ -156,6 +167,17 @@ class SlackBot:
         await self.drain()
 
     # ------------------------------------------------------------------ listeners
+
+    async def _skip_replays(self, req: Any, next: Callable[[], Awaitable[Any]]) -> Any:
+        """Bolt's checks passed (custom middleware runs after them): a signature seen already is
+        the same signed request again. Slack never re-sends a slash command or a button press
+        (an event retry is dropped by its id anyway), so this is someone replaying a request
+        they saw: an empty 200, as for a repeated event: nothing is done, nothing is told."""
+        signature = (req.headers.get("x-slack-signature") or [None])[0]
+        if signature and not self.recent_signatures.first_time(signature):
+            log.warning("a signed request arrived again (a replay, or a retry of an event): not acted on")
+            return BoltResponse(status=200, body="")
+        return await next()
 
     async def _skip_repeated_events(self, body: dict[str, Any], next: Callable[[], Awaitable[Any]]) -> Any:
         event_id = body.get("event_id")
@@ -314,6 +336,27 @@ class SlackBot:
 # ---------------------------------------------------------------------- running
 
 
+@web.middleware
+async def refuse_bad_timestamps(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """401 for an `X-Slack-Request-Timestamp` that is not a Unix time: Bolt's check would
+    fail on it with a 500 and a traceback ("abc": int() fails; 400 digits: no float holds it).
+    A missing one is left to Bolt, which refuses it."""
+    timestamp = request.headers.get("X-Slack-Request-Timestamp")
+    if timestamp is not None and not _TIMESTAMP.fullmatch(timestamp.strip()):
+        log.info("refused a request with the timestamp %r", timestamp[:40])
+        return web.json_response({"error": "invalid request"}, status=401)
+    return await handler(request)
+
+
+def events_web_app(bot: SlackBot, port: int) -> web.Application:
+    """Bolt's aiohttp app for `/slack/events`, behind `refuse_bad_timestamps`."""
+    app = bot.app.web_app(path=EVENTS_PATH, port=port)
+    app.middlewares.append(refuse_bad_timestamps)
+    return app
+
+
 @contextlib.asynccontextmanager
 async def running_slack_bot(
     service: SearchService, settings: Settings, secrets: Secrets, *, socket_mode: bool
@@ -334,7 +377,7 @@ async def running_slack_bot(
                 finally:
                     await handler.close_async()
             else:
-                runner = web.AppRunner(bot.app.web_app(path=EVENTS_PATH, port=settings.slack.port))
+                runner = web.AppRunner(events_web_app(bot, settings.slack.port))
                 await runner.setup()
                 try:
                     await web.TCPSite(runner, settings.slack.host, settings.slack.port).start()

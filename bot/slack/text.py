@@ -13,6 +13,7 @@ from core.errors import QuerySyntaxError
 
 _MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
 _LIMIT = re.compile(r"(?:(?<=\s)|^)limit:(\S*)", re.IGNORECASE)
+MAX_LIMIT_DIGITS = 9
 _CURLY_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u00ab": '"', "\u00bb": '"'})
 
 
@@ -39,6 +40,10 @@ def split_limit(text: str) -> tuple[str, int | None]:
     if len(found) > 1:
         raise QuerySyntaxError("give limit: once, like limit:5")
     value = found[0]
-    if not value.isdigit() or int(value) < 1:
-        raise QuerySyntaxError(f"limit:{value} is not a number of results: write it like limit:5")
-    return _LIMIT.sub(" ", text).strip(), int(value)
+    digits = value.lstrip("0")
+    # ASCII digits only ("²" passes isdigit() and fails int()), and not zero.
+    if not (value.isascii() and value.isdigit()) or not digits:
+        raise QuerySyntaxError(f"limit:{value[:20]} is not a number of results: write it like limit:5")
+    # More digits than int() takes (or any message shows): the largest, clamped by the caller.
+    limit = int(digits) if len(digits) <= MAX_LIMIT_DIGITS else 10**MAX_LIMIT_DIGITS
+    return _LIMIT.sub(" ", text).strip(), limit

@@ -14,6 +14,14 @@ A reply is `bot.common.reply.build_reply` as JSON, the same words the chat bots 
 over the limits). The search itself is the shared `SearchService` (the same encoder worker,
 store and page memory as the bots). There is no login: it binds 127.0.0.1 unless told
 otherwise, and says so loudly when it is not.
+
+Requests from other web sites are refused (403, "requests from other web sites are refused"):
+every route answers only a `Host` naming this server (127.0.0.1, localhost, [::1], `[web] host`
+or the address bound; on a wildcard bind, also IP addresses and this machine's name), so a
+DNS-rebinding page cannot read it; POSTs with `Origin: null`, another origin, or a
+`Sec-Fetch-Site` other than same-origin / none are refused; images carry
+`Cross-Origin-Resource-Policy: same-origin`. The JSON body of `/api/action` is read at most
+`ACTION_BODY_BYTES` whatever its declared length (chunked bodies included).
 """
 
 from __future__ import annotations
@@ -21,8 +29,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import json
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -43,11 +53,18 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).with_name("static")
 SERVICE = web.AppKey("service", SearchService)
 SETTINGS = web.AppKey("settings", Settings)
+HOSTS = web.AppKey("hosts", frozenset)  # the host names a request's `Host` may give
+ANY_IP = web.AppKey("any_ip", bool)  # bound to every interface: any IP address in `Host` too
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+FETCH_SITES = ("same-origin", "none")  # Sec-Fetch-Site of the page's own posts, or a typed address
 ACTION_BODY_BYTES = 4096
 # Rows are stable (the collection is only appended to) and the ETag is the bytes' hash.
 IMAGE_CACHE_CONTROL = "public, max-age=86400"
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
+    # Images (and everything else) are for this page only: no other site may embed them.
+    "Cross-Origin-Resource-Policy": "same-origin",
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' http: https: data: blob:; media-src 'self' blob:; "
@@ -111,6 +128,7 @@ def error_status(exc: BaseException) -> int:
 async def errors_and_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     """API errors as `{"error": message}`; security headers on every response."""
     try:
+        check_host(request)
         response = await handler(request)
     except web.HTTPException as exc:
         if not request.path.startswith("/api/"):
@@ -122,10 +140,51 @@ async def errors_and_headers(request: web.Request, handler: Handler) -> web.Stre
     return response
 
 
+def host_name(host: str) -> str:
+    """The name of a `Host` header without its port, lower case: "[::1]:7860" -> "::1"."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def allowed_hosts(settings: Settings, bound_host: str) -> frozenset[str]:
+    """The names a `Host` header may give: loopback's, the configured and the bound host;
+    on a wildcard bind, this machine's names too."""
+    names = {*LOOPBACK_NAMES, host_name(settings.web.host), host_name(bound_host)}
+    if bound_host in WILDCARD_HOSTS:
+        with suppress(OSError):
+            names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return frozenset(names - {""})
+
+
+def is_ip_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def check_host(request: web.Request) -> None:
+    """Refuse a `Host` that is not this server's (a DNS-rebinding page reaching 127.0.0.1)."""
+    name = host_name(request.headers.get("Host", ""))
+    if name in request.app[HOSTS] or (request.app[ANY_IP] and is_ip_address(name)):
+        return
+    log.info("refused a request for host %r", name[:100])
+    raise ForbiddenOriginError("requests from other web sites are refused")
+
+
 def check_origin(request: web.Request) -> None:
-    """Refuse API posts that another site's page makes the browser send (no login here)."""
+    """Refuse API posts that another site's page makes the browser send (no login here):
+    another origin, the opaque `null` of sandboxed frames and file pages, and a
+    `Sec-Fetch-Site` saying another site sent it."""
     origin = request.headers.get("Origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.host:
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if (
+        (origin is not None and (origin == "null" or urlsplit(origin).netloc != request.host))
+        or (fetch_site is not None and fetch_site.strip().lower() not in FETCH_SITES)
+    ):
         raise ForbiddenOriginError("requests from other web sites are refused")
 
 
@@ -158,9 +217,12 @@ async def action(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if request.content_length is not None and request.content_length > ACTION_BODY_BYTES:
         raise BadInputError("the action request is too long")
+    raw = await read_capped(request, ACTION_BODY_BYTES)
+    if raw is None:  # a chunked body (no length) past the cap: the rest is never read
+        raise BadInputError("the action request is too long")
     try:
-        body = await request.json()
-    except ValueError:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep
         raise BadInputError('send the action as JSON: {"id": "sa:more:<row>"}') from None
     if not isinstance(body, dict) or not isinstance(body.get("id"), str):
         raise BadInputError('send the action as JSON: {"id": "sa:more:<row>"}')
@@ -173,6 +235,16 @@ async def action(request: web.Request) -> web.Response:
         raise BadInputError(f"there is no image #{chosen.row} in this collection: search again")
     result = await run_action(service, chosen, limit)
     return web.json_response(reply_json(result, settings))
+
+
+async def read_capped(request: web.Request, cap: int) -> bytes | None:
+    """The request body, or None as soon as more than `cap` bytes arrive (not read further)."""
+    data = bytearray()
+    while chunk := await request.content.read(cap + 1 - len(data)):
+        data += chunk
+        if len(data) > cap:
+            return None
+    return bytes(data)
 
 
 async def rows_in(service: SearchService) -> int:
@@ -194,13 +266,16 @@ async def image(request: web.Request) -> web.Response:
     return web.Response(body=data, content_type="image/jpeg", headers=headers)
 
 
-def create_app(service: SearchService, settings: Settings) -> web.Application:
-    """The page and its API over an open `SearchService`."""
+def create_app(service: SearchService, settings: Settings, *, host: str | None = None) -> web.Application:
+    """The page and its API over an open `SearchService`, bound to `host` (default `[web] host`)."""
     app = web.Application(
         middlewares=[errors_and_headers], client_max_size=max_body_bytes(settings)
     )
+    bound = settings.web.host if host is None else host
     app[SERVICE] = service
     app[SETTINGS] = settings
+    app[HOSTS] = allowed_hosts(settings, bound)
+    app[ANY_IP] = bound in WILDCARD_HOSTS
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC_DIR, append_version=False)
     app.router.add_get("/api/config", config)
@@ -236,7 +311,7 @@ async def running_web(
     """Serve the page on `host:port` (0: any free port) while inside; yields its base URL."""
     if warning := bind_warning(host):
         log.warning("%s", warning)
-    runner = web.AppRunner(create_app(service, settings), access_log=None)
+    runner = web.AppRunner(create_app(service, settings, host=host), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

@@ -58,7 +58,8 @@ def parse_limit(value: str, max_limit: int) -> int | None:
     value = value.strip()
     if not value:
         return None
-    if not value.isdigit() or not 1 <= int(value) <= max_limit:
+    # ASCII digits only: "²" passes isdigit() and fails int(); a long number is out of range.
+    if not (value.isascii() and value.isdigit()) or len(value) > 9 or not 1 <= int(value) <= max_limit:
         raise BadInputError(f"the number of results must be a whole number from 1 to {max_limit}")
     return int(value)
 
