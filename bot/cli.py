@@ -161,7 +161,9 @@ def _ingest(args: argparse.Namespace) -> int:
     from ingest.runner import run_ingest
 
     settings = _settings(args)
-    report = run_ingest(settings, args.source, workers=args.workers, batch_size=args.batch_size)
+    report = run_ingest(
+        settings, args.source, workers=args.workers, batch_size=args.batch_size, follow_links=args.follow_links
+    )
     print(f"{settings.store.dataset}: {report}")
     return 0
 
@@ -195,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--batch-size", type=int, help="images per batch and commit (overrides [ingest] batch_size)")
     ingest.add_argument(
         "--workers", type=int, help="decoding processes, 0 for none (overrides [ingest] workers)"
+    )
+    ingest.add_argument(
+        "--follow-links", action="store_true",
+        help="folder sources: also index links to files outside the folder (skipped by default)",
     )
     _common(ingest)
     ingest.set_defaults(run=lambda a: _ingest(a))

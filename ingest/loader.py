@@ -13,9 +13,14 @@ does not depend on the number of workers.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import signal
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from PIL import Image
@@ -103,12 +108,39 @@ class PreparedItems(IterableDataset):
         self.source = source
         self.refs = refs
         self.limits = limits
+        self.parent_pid = os.getpid()  # the ingest process; a worker gets this copy when it starts
 
     def __iter__(self) -> Iterator[PreparedItem]:
         worker = get_worker_info()
         first, step = (worker.id, worker.num_workers) if worker is not None else (0, 1)
         for index in range(first, len(self.refs), step):
+            if worker is not None and os.getppid() != self.parent_pid:
+                _exit_orphan()
             yield prepare_item(self.source, self.refs[index], self.limits)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _exit_orphan() -> None:
+    """End a worker whose ingest died, at once: a normal exit would wait forever on its queue's
+    feeder thread, which writes into a pipe no one reads any more."""
+    os._exit(0)
+
+
+def die_with_parent(worker_id: int, *, parent: int) -> None:
+    """A DataLoader `worker_init_fn`: the worker gets SIGKILL when the ingest process dies (also
+    by SIGKILL or an OOM kill), which torch's own watchdog misses when the worker is blocked
+    writing a batch. The item loop checks the parent too, where `prctl` is not available."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+                log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+        except (OSError, AttributeError):
+            log.warning("prctl is not available: workers rely on their parent check", exc_info=True)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        _exit_orphan()
 
 
 def prepared_batches(
@@ -132,5 +164,6 @@ def prepared_batches(
         num_workers=workers,
         collate_fn=collate,
         prefetch_factor=2 if workers else None,
+        worker_init_fn=partial(die_with_parent, parent=os.getpid()) if workers else None,
     )
     yield from loader

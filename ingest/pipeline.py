@@ -10,13 +10,17 @@
    stable, so every image ends up in the dataset exactly once.
 
 A file that is not a valid image is logged and counted as failed; it never stops the run.
+
+With uploads on, a run first checks that the S3 objects the rows point to still exist (a listing
+of their prefix, 1,000 keys a request) and puts back the vanished ones, from the dataset's copy
+or, without one, read again from the source.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from itertools import islice
 
@@ -39,13 +43,15 @@ class IngestSummary:
     skipped: int = 0
     failed: int = 0
     uploaded: int = 0
+    restored: int = 0  # images the dataset links that had vanished from S3, put back
     seconds: float = 0.0
 
     def __str__(self) -> str:
         uploaded = f", uploaded {self.uploaded} to S3" if self.uploaded else ""
+        restored = f", put back {self.restored} missing from S3" if self.restored else ""
         return (
             f"added {self.added}, skipped {self.skipped} already present, "
-            f"failed {self.failed}{uploaded}, in {self.seconds:.1f} s"
+            f"failed {self.failed}{uploaded}{restored}, in {self.seconds:.1f} s"
         )
 
 
@@ -54,9 +60,13 @@ def _chunks(refs: Iterator[ItemRef], size: int) -> Iterator[list[ItemRef]]:
         yield chunk
 
 
-def pending_refs(source: Source, store: VectorStore) -> tuple[list[ItemRef], int]:
-    """The source's items not in `store` yet (each id once), and how many were skipped."""
+def pending_refs(
+    source: Source, store: VectorStore, reread: Collection[str] = ()
+) -> tuple[list[ItemRef], int, list[ItemRef]]:
+    """The source's items not in `store` yet (each id once), how many were skipped, and the
+    items of `reread` (ids in the store whose image must be read again) found in the source."""
     todo: list[ItemRef] = []
+    again: list[ItemRef] = []
     seen: set[str] = set()
     skipped = 0
     for chunk in _chunks(source.refs(), LIST_CHUNK):
@@ -64,10 +74,53 @@ def pending_refs(source: Source, store: VectorStore) -> tuple[list[ItemRef], int
         for ref in chunk:
             if ref.id in present or ref.id in seen:
                 skipped += 1
+                if ref.id in reread and ref.id not in seen:
+                    again.append(ref)
             else:
-                seen.add(ref.id)
                 todo.append(ref)
-    return todo, skipped
+            seen.add(ref.id)
+    return todo, skipped, again
+
+
+def vanished_uploads(store: VectorStore, uploader: ImageUploader) -> tuple[int, dict[str, str]]:
+    """Put back the S3 objects rows point to that are gone from the bucket, from the dataset's
+    own copies; the count put back, and `{id: key}` of the rows with no copy (read again from
+    the source by `restore_uploads`)."""
+    s3_keys = getattr(store, "s3_keys", None)
+    rows = s3_keys() if s3_keys else []
+    missing = uploader.missing(key for _, _, key in rows) if rows else set()
+    if missing:
+        log.warning("%d image(s) the dataset links are missing from S3: putting them back", len(missing))
+    restored, reread = 0, {}
+    for row, id_, key in rows:
+        if key not in missing:
+            continue
+        data = store.image_bytes(row)
+        if data:
+            uploader.put(key, data)
+            restored += 1
+        else:
+            reread[id_] = key
+    return restored, reread
+
+
+def restore_uploads(
+    source: Source,
+    refs: list[ItemRef],
+    keys: dict[str, str],
+    uploader: ImageUploader,
+    encoder: Encoder,
+    batch_size: int,
+) -> int:
+    """Read `refs` from the source again and upload each image under the key its row has."""
+    restored = 0
+    for batch in prepared_batches(source, refs, limits=encoder.limits, batch_size=batch_size, workers=0):
+        for ref, reason in batch.failures:
+            log.warning("cannot restore %s on S3: %s", ref.id, reason)
+        for ref, jpeg in zip(batch.refs, batch.jpegs, strict=True):
+            uploader.put(keys[ref.id], jpeg)
+            restored += 1
+    return restored
 
 
 def _records(
@@ -112,7 +165,14 @@ def ingest(
     """Index every image of `source` not yet in `store` (see the module docstring)."""
     summary = IngestSummary()
     start = time.perf_counter()
-    todo, summary.skipped = pending_refs(source, store)
+    restored, reread = vanished_uploads(store, uploader) if uploader else (0, {})
+    todo, summary.skipped, again = pending_refs(source, store, reread)
+    if again:
+        assert uploader is not None
+        restored += restore_uploads(source, again, reread, uploader, encoder, batch_size)
+    if len(again) < len(reread):
+        log.warning("%d image(s) missing from S3 are no longer in the source", len(reread) - len(again))
+    summary.restored = restored
     log.info("%s: %d to index, %d already present", source.name, len(todo), summary.skipped)
     batches = prepared_batches(source, todo, limits=encoder.limits, batch_size=batch_size, workers=workers)
     with tqdm(total=len(todo), unit="img", disable=not progress, desc="ingest", smoothing=0.1) as bar:

@@ -1,6 +1,7 @@
 """`search-all ingest` end to end: open the store, the source, S3 and the encoder; run; close.
 
-Everything is opened here in one `ExitStack` and closed in reverse order. The store opens
+Everything is opened here in one `ExitStack` and closed in reverse order. First the dataset's
+writer lock (`ingest.writer_lock`): a second ingest into the same dataset refuses. The store opens
 before the model loads, so a wrong dataset path or another model's dataset fails before seconds
 (or a 4.8 GB download) are spent. S3 is used when the source is `s3://...` or `[s3]
 upload_images` is on; the dataset itself may be `s3://bucket/prefix` (`core.startup.store_creds`).
@@ -23,6 +24,7 @@ from ingest.index_policy import IndexDecision, refresh_index
 from ingest.pipeline import IngestSummary, ingest
 from ingest.sources.factory import parse_source
 from ingest.uploader import ImageUploader
+from ingest.writer_lock import writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +57,24 @@ def run_ingest(
     batch_size: int | None = None,
     progress: bool = True,
     s3_page_size: int = 1000,
+    follow_links: bool = False,
 ) -> IngestReport:
-    """Ingest `source_spec` into `[store] dataset`; `workers` / `batch_size` override `[ingest]`."""
+    """Ingest `source_spec` into `[store] dataset`; `workers` / `batch_size` override `[ingest]`;
+    `follow_links`: index a folder's links to files outside it too."""
     secrets = secrets or Secrets.from_env()
     check_upload_settings(settings)
     connection = S3Connection.from_settings(
         settings.store, secrets, max_pool_connections=max(10, settings.s3.upload_threads)
     )
-    source = parse_source(source_spec, s3=connection, s3_page_size=s3_page_size)
+    source = parse_source(
+        source_spec,
+        s3=connection,
+        s3_page_size=s3_page_size,
+        follow_links=follow_links,
+        max_file_bytes=settings.limits.max_file_bytes,
+    )
     with ExitStack() as stack:
+        stack.enter_context(writer_lock(settings.store.dataset, connection))
         store = DeepLakeStore.open_or_create(
             settings.store.dataset,
             model_name=settings.model.name,

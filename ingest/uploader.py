@@ -4,12 +4,14 @@ A key is `<prefix>/<sha256 of the JPEG bytes>.jpg` with `Content-Type: image/jpe
 the same image twice (a resumed ingest, a duplicate picture) writes the same object, so an
 upload interrupted before its batch was committed costs nothing but the repeat. The boto3 client
 is shared by the threads (it is thread-safe); uploads of one batch run while the model encodes.
+A re-run puts back the objects rows point to that have vanished from the bucket
+(`missing`, `put`; `ingest.pipeline.restore_uploads`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -61,8 +63,30 @@ class ImageUploader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _put(self, data: bytes) -> str:
-        key = image_key(self.prefix, data)
+    def missing(self, keys: Iterable[str]) -> set[str]:
+        """The `keys` with no object in the bucket: each folder of them listed (1,000 keys per
+        request), not one HEAD per key."""
+        wanted = set(keys)
+        folders = {key.rpartition("/")[0] for key in wanted}
+        present: set[str] = set()
+        paginator = self.connection.client().get_paginator("list_objects_v2")
+        for folder in sorted(folders):
+            prefix = f"{folder}/" if folder else ""
+            try:
+                for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                    present.update(entry["Key"] for entry in page.get("Contents", ()))
+            except Exception as exc:
+                raise StoreError(
+                    f"cannot list s3://{self.bucket}/{prefix}: {describe_s3_error(exc)}"
+                ) from exc
+        return wanted - present
+
+    def put(self, key: str, data: bytes) -> str:
+        """Write `data` under `key` (an object a row points to, restored after it vanished)."""
+        return self._put(data, key)
+
+    def _put(self, data: bytes, key: str | None = None) -> str:
+        key = key or image_key(self.prefix, data)
         try:
             self.connection.client().put_object(
                 Bucket=self.bucket, Key=key, Body=data, ContentType=CONTENT_TYPE

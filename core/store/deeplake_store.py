@@ -38,11 +38,15 @@ build it deliberately with `build_index()` when the index path is wanted.
 from __future__ import annotations
 
 import logging
+import os
+import re
+import struct
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypedDict, Unpack
 
 import deeplake
@@ -238,12 +242,7 @@ class DeepLakeStore:
             ) from None
         except Exception as exc:
             raise StoreError(f"cannot create dataset {path}: {exc}") from exc
-        for name, dtype in _schema(dim).items():
-            ds.add_column(name, dtype)
-        ds.metadata["model_name"] = model_name
-        ds.metadata["dim"] = dim
-        ds.metadata["schema_version"] = SCHEMA_VERSION
-        ds.commit(f"Search All: new collection for {model_name} ({dim}-d)")
+        _stamp(ds, model_name, dim)
         return cls(ds, path=path, read_only=False, **tuning)
 
     @classmethod
@@ -288,7 +287,17 @@ class DeepLakeStore:
             raise StoreError(f"cannot reach dataset {path}: {exc}") from exc
         if not exists:
             return cls.create(path, model_name=model_name, dim=dim, creds=creds, **tuning)
-        store = cls.open(path, creds=creds, read_only=False, expect_model=model_name, **tuning)
+        repair_log_counters(path)
+        try:
+            ds = deeplake.open(path, creds=_clean_creds(creds))
+        except Exception as exc:
+            raise StoreError(f"cannot open dataset {path}: {exc}") from exc
+        if _is_empty_shell(ds):
+            # created, then the process died before the first commit stamped it: finish it
+            log.warning("dataset %s is an empty, unstamped shell (an interrupted create): finishing it", path)
+            _stamp(ds, model_name, dim)
+        _check_metadata(ds, path, model_name)
+        store = cls(ds, path=path, read_only=False, **tuning)
         if store._dim != dim:
             raise StoreError(
                 f"dataset {path} stores {store._dim}-d embeddings but model {model_name!r}"
@@ -403,6 +412,13 @@ class DeepLakeStore:
         with self._lock.read():
             data = self._open_ds()["image"].get_bytes(row)
         return bytes(data) or None
+
+    def s3_keys(self) -> list[tuple[int, str, str]]:
+        """`(row, id, s3_key)` of every row whose image is on S3 (the ingest checks they exist)."""
+        state = self._current()
+        with self._lock.read():
+            keys = self._open_ds()["s3_key"][: state.rows] if state.rows else []
+        return [(row, state.ids[row], _text(key)) for row, key in enumerate(keys) if key]
 
     def refresh(self) -> bool:
         with self._lock.write():
@@ -573,6 +589,66 @@ class DeepLakeStore:
             )
             for i in top
         ]
+
+
+def _stamp(ds: Any, model_name: str, dim: int) -> None:
+    """Give a new (or empty, unstamped) dataset the collection's columns and metadata, in one
+    commit: a crash before it leaves an empty shell, which `open_or_create` finishes."""
+    present = {col.name for col in ds.schema.columns}
+    for name, dtype in _schema(dim).items():
+        if name not in present:
+            ds.add_column(name, dtype)
+    ds.metadata["model_name"] = model_name
+    ds.metadata["dim"] = dim
+    ds.metadata["schema_version"] = SCHEMA_VERSION
+    ds.commit(f"Search All: new collection for {model_name} ({dim}-d)")
+
+
+def _is_empty_shell(ds: Any) -> bool:
+    """A dataset `deeplake.create` made but nothing stamped: no rows, none of the collection's
+    metadata, no column but the collection's own."""
+    meta = ds.metadata
+    if any(key in meta for key in ("model_name", "dim", "schema_version")) or len(ds):
+        return False
+    return {col.name for col in ds.schema.columns} <= set(_schema(1))
+
+
+_LOG_DIR = "_deeplake_log"
+_COUNTER = "next_base"
+
+
+def repair_log_counters(path: str) -> list[str]:
+    """Rewrite the empty commit counters a write that failed for disk space leaves behind.
+
+    DeepLake 4.7.4 keeps, per branch (and for `_meta`), a folder `_deeplake_log/<branch>/` of
+    numbered log files (`0000000004m00000000.jsonl.lz4`, one per commit, numbered from 1) and
+    `next_base`, the next number as an 8-byte little-endian integer. A write that fails for
+    space can leave `next_base` empty; every later commit then fails with "Invalid CAS counter:
+    empty" although the rows are intact. The right value is the highest log number present
+    plus one. Local datasets only; call it while holding the writer lock
+    (the ingest takes it). Returns the counters repaired.
+    """
+    if "://" in path:
+        return []
+    repaired = []
+    for counter in sorted(Path(path, _LOG_DIR).glob(f"*/{_COUNTER}")):
+        if counter.stat().st_size == 8:
+            continue
+        numbers = [
+            int(match.group(1))
+            for entry in counter.parent.iterdir()
+            if (match := re.match(r"(\d+)[a-z]\d*\.jsonl", entry.name))
+        ]
+        value = max(numbers, default=0) + 1
+        temp = counter.with_name(f"{_COUNTER}.repair")
+        temp.write_bytes(struct.pack("<Q", value))
+        os.replace(temp, counter)
+        log.warning(
+            "dataset %s: %s was empty or damaged (a write that failed, e.g. a full disk);"
+            " set it to %d, the highest log file plus one", path, counter, value,
+        )
+        repaired.append(str(counter))
+    return repaired
 
 
 def _check_metadata(ds: Any, path: str, expect_model: str | None) -> None:

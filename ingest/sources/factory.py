@@ -14,9 +14,18 @@ if TYPE_CHECKING:
     from core.s3.client import S3Connection
 
 
-def parse_source(spec: str, *, s3: S3Connection | None = None, s3_page_size: int = 1000) -> Source:
+def parse_source(
+    spec: str,
+    *,
+    s3: S3Connection | None = None,
+    s3_page_size: int = 1000,
+    follow_links: bool = False,
+    max_file_bytes: int | None = None,
+) -> Source:
     """`folder:DIR` (a plain existing directory works too), `hf:NAME[:SPLIT]` or
-    `s3://bucket/prefix` (read through `s3`, the configured endpoint and keys)."""
+    `s3://bucket/prefix` (read through `s3`, the configured endpoint and keys). A folder's
+    files over `max_file_bytes` are refused unread; links out of it are followed only with
+    `follow_links` (`ingest.sources.folder`)."""
     kind, _, rest = spec.partition(":")
     if kind == "hf" and rest:
         name, _, split = rest.partition(":")
@@ -35,4 +44,4 @@ def parse_source(spec: str, *, s3: S3Connection | None = None, s3_page_size: int
         raise BadInputError(f"unknown source {spec!r}: use folder:DIR, hf:NAME[:SPLIT] or s3://bucket/prefix")
     if not root.is_dir():
         raise BadInputError(f"folder {root} does not exist or is not a directory")
-    return FolderSource(root)
+    return FolderSource(root, follow_links=follow_links, max_bytes=max_file_bytes)
