@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 from core.config import MediaLimits
 from core.errors import BadInputError
 from core.imagebind.transforms import IMAGE_SIZE, image_to_tensor
-from core.media.image import decode_image, encode_jpeg
+from core.media.image import decode_image, encode_jpeg, jpeg_without_metadata
 from ingest.sources.base import ItemRef, Source
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,13 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 def stored_jpeg(data: bytes, image: Image.Image) -> bytes:
-    """The bytes kept (or uploaded): the original JPEG when small enough, else a resized JPEG."""
+    """The bytes kept (or uploaded), without metadata (EXIF with its GPS position, XMP, ...):
+    the original JPEG with its metadata segments taken out when small enough and not turned by
+    its EXIF orientation, else a JPEG of the decoded `image` (turned already), resized to fit."""
     if data[:3] == JPEG_MAGIC and max(image.size) <= STORED_MAX_SIDE:
-        return data
+        stripped = jpeg_without_metadata(data)
+        if stripped is not None:
+            return stripped
     copy = image.copy()
     copy.thumbnail((STORED_MAX_SIDE, STORED_MAX_SIDE), Image.Resampling.LANCZOS)
     return encode_jpeg(copy)

@@ -2,9 +2,10 @@
 
 Every front end runs it (the core in tests/test_bad_inputs.py, the Discord and Slack bots end to
 end, the web API): each case must get a reply that says what is wrong (its `expect` fragments,
-formatted with the limits in force), and the bot must keep serving afterwards. Two cases are
+formatted with the limits in force), and the bot must keep serving afterwards. Three cases are
 searchable and must give ordinary results: an animated GIF (its first frame is searched, as
-`core.media.image.decode_image` documents) and a silent clip (searched as a sound: no speech).
+`core.media.image.decode_image` documents), a silent clip (searched as a sound: no speech) and a
+16-bit greyscale PNG (searched as the same grey in 8 bits).
 
 Everything is made in code and small. Two cases stand for large files without being large:
 the 30 MB file declares its size (the chat platforms send it with the attachment, so the bots
@@ -22,6 +23,8 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
+
+from PIL import Image
 
 from core.config import Settings
 from core.media.sizes import human_bytes
@@ -184,6 +187,95 @@ def voice_message_claiming(seconds: float) -> bytes:
     return bytes(data)
 
 
+def _crc8(data: bytes) -> int:
+    """FLAC's frame-header checksum (CRC-8, polynomial 0x07, initial 0)."""
+    crc = 0
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
+
+
+def _crc16(data: bytes) -> int:
+    """FLAC's frame checksum (CRC-16, polynomial 0x8005, initial 0)."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x8005) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+    return crc
+
+
+def _utf8_number(number: int) -> bytes:
+    """A FLAC frame number, coded like UTF-8 (up to 0xFFFF here)."""
+    if number < 0x80:
+        return bytes([number])
+    if number < 0x800:
+        return bytes([0xC0 | number >> 6, 0x80 | number & 0x3F])
+    return bytes([0xE0 | number >> 12, 0x80 | (number >> 6) & 0x3F, 0x80 | number & 0x3F])
+
+
+def flac_frames_at(
+    rate: int | tuple[int, ...], frames: int = 64, block: int = 4096, header_rate: int = 48_000
+) -> bytes:
+    """A mono 16-bit FLAC whose STREAMINFO says `header_rate` but whose frames each say `rate`
+    (a 16-bit rate in Hz in the frame header; a tuple: frame i says `rate[i]`): `frames` frames
+    of `block` samples of one value (CONSTANT subframes, 16 bytes a frame). At 1 Hz each frame
+    is `block` seconds, which a resampler to 16 kHz turns into 16,000 x `block` samples."""
+    rates = rate if isinstance(rate, tuple) else (rate,) * frames
+    frames = len(rates)
+    total = frames * block
+    fields = (header_rate << 44) | (15 << 36) | total  # 20 bits rate, 3 channels-1, 5 bps-1, 36 total
+    streaminfo = struct.pack(">HH", block, block) + bytes(6) + fields.to_bytes(8, "big") + bytes(16)
+    out = [b"fLaC", b"\x80" + len(streaminfo).to_bytes(3, "big"), streaminfo]
+    for number, frame_rate in enumerate(rates):
+        # Sync, fixed block size; block size "16 bits follow" (7), rate "16-bit Hz follows" (13);
+        # mono (0), 16 bits a sample (4).
+        head = b"\xff\xf8\x7d\x08" + _utf8_number(number) + struct.pack(">HH", block - 1, frame_rate)
+        head += bytes([_crc8(head)])
+        frame = head + b"\x00" + struct.pack(">h", 1000)  # a CONSTANT subframe
+        out.append(frame + struct.pack(">H", _crc16(frame)))
+    return b"".join(out)
+
+
+def _jpeg_last_scan(data: bytes) -> tuple[int, int, int]:
+    """(start, end) of the last scan of a JPEG (its SOS segment and compressed data) and the
+    position of its end-of-image marker."""
+    pos, last = 2, (0, 0)
+    while data[pos + 1] != 0xD9:
+        length = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        start, pos = pos, pos + 2 + length
+        if data[start + 1] == 0xDA:  # compressed data runs to the next marker but FF00 and RSTn
+            pos = data.index(b"\xff", pos)
+            while data[pos + 1] == 0 or 0xD0 <= data[pos + 1] <= 0xD7:
+                pos = data.index(b"\xff", pos + 2)
+            last = (start, pos)
+    return last[0], last[1], pos
+
+
+@functools.cache
+def jpeg_scan_bomb(side: int, extra_scans: int) -> bytes:
+    """A grey progressive `side` x `side` JPEG (Pillow's 6 scans) with its last scan, an AC
+    refinement of all 63 coefficients (the costliest kind to decode: every block of the picture
+    is visited), repeated `extra_scans` more times: 59 bytes a scan (issue 17, item 2)."""
+    data = mf.encode(Image.new("L", (side, side), 128), "JPEG", progressive=True, quality=75)
+    start, end, eoi = _jpeg_last_scan(data)
+    return data[:eoi] + data[start:end] * extra_scans + data[eoi:]
+
+
+@functools.cache
+def grey16_png(width: int, height: int, level: int = 0x8080) -> bytes:
+    """A real 16-bit greyscale PNG of one `level`, compressed row by row (6000 x 6000 is about
+    70 KB): decoded, it is `2 x width x height` bytes of pixels (issue 17, item 9)."""
+    row = b"\x00" + struct.pack(">H", level) * width
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
+    chunks = _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
 # --------------------------------------------------------------------------- the corpus
 
 DAMAGED = "damaged or incomplete"
@@ -219,6 +311,15 @@ def _cases() -> Iterator[BadInput]:
                    filename="voice-message.ogg", expect=("7200 s long", "the limit is {max_audio}"))
     yield BadInput("audio-silent", "audio", mf.make_audio("ogg", 2.0, kind="silence"), mimetype="audio/ogg",
                    filename="voice-message.ogg")
+    # Issue 17: a FLAC whose frames say 1 Hz (each 4,096-sample frame would be 65 million samples
+    # at 16 kHz: +1.5 GB), a progressive JPEG of 306 scans (each scan decodes the whole picture),
+    # a 16-bit greyscale PNG of 12 MP (once scaled to 8 bits in float64 copies of the picture).
+    yield BadInput("flac-frames-at-1-hz", "audio", flac_frames_at(1), mimetype="audio/flac", filename="song.flac",
+                   expect=("sample rate of 1 Hz", "send an ordinary recording"))
+    yield BadInput("jpeg-306-scans", "image", jpeg_scan_bomb(2000, 300), mimetype="image/jpeg", filename="photo.jpg",
+                   expect=("more than 150 progressive scans", "send it again"))
+    yield BadInput("png-16-bit-12mp", "image", grey16_png(4000, 3000), mimetype="image/png", filename="scan.png",
+                   same_as=mf.encode(mf.solid_image(32, 32, (128, 128, 128)), "PNG"))
     yield BadInput("query-empty", "text", text="", expect=("is empty",))
     yield BadInput("query-10000-chars", "text", text="a castle " * 1111 + "a",
                    expect=("the limit is {max_chars}",))

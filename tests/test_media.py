@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,12 @@ from core.errors import (
     UnsupportedMediaError,
 )
 from core.media.audio import decode_audio
-from core.media.image import decode_image, encode_jpeg, image_size
+from core.media.image import (
+    decode_image,
+    encode_jpeg,
+    image_size,
+    jpeg_without_metadata,
+)
 from tests import media_factory as mf
 
 LIMITS = MediaLimits()
@@ -309,7 +315,8 @@ def test_too_long_clip_without_a_declared_duration_stops_decoding_early(monkeypa
     with pytest.raises(MediaTooLargeError, match="longer than 5 s; the limit is 5 s") as caught:
         decode_audio(mf.make_audio("ogg", 12.0), MediaLimits(max_audio_seconds=5))
     assert_user_message(caught.value)
-    assert 5 * 16_000 < sum(pulled) < 6 * 16_000  # stopped just past the limit
+    # Stopped at the frame that would pass the limit, before resampling it.
+    assert 4 * 16_000 < sum(pulled) <= 5 * 16_000
 
 
 def test_audio_file_over_the_byte_limit():
@@ -322,3 +329,50 @@ def test_audio_file_over_the_byte_limit():
 def test_decoded_audio_is_a_fresh_writable_array():
     samples = decode_audio(mf.make_audio("flac", 1.0), LIMITS)
     assert samples.flags.writeable and samples.flags.c_contiguous
+
+
+# --------------------------------------------------------------------------- stored copies: no metadata
+
+
+def photo_with_gps(orientation: int = 1, width: int = 60, height: int = 40) -> bytes:
+    """A two-tone JPEG with EXIF (camera, GPS position, orientation), an XMP packet and a comment."""
+    exif = mf.exif_orientation(orientation)
+    exif[0x010F] = "PhoneMaker"
+    gps = exif.get_ifd(0x8825)
+    gps.update({1: "N", 2: (52.0, 22.0, 7.5), 3: "E", 4: (4.0, 53.0, 1.2)})
+    data = mf.encode(mf.two_tone_image(width, height, RED, BLUE), "JPEG", quality=95, exif=exif,
+                     comment=b"taken at home")  # fmt: skip
+    xmp = b"http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta>52.3687N 4.8836E</x:xmpmeta>"
+    return data[:2] + b"\xff\xe1" + len(xmp + b"..").to_bytes(2, "big") + xmp + data[2:]
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_stored_copies_keep_no_exif_and_are_the_right_way_round(orientation):
+    from ingest.loader import stored_jpeg
+
+    data = photo_with_gps(orientation)
+    assert Image.open(io.BytesIO(data)).getexif().get_ifd(0x8825)
+    stored = stored_jpeg(data, decode_image(data, LIMITS))
+    for private in (b"Exif", b"PhoneMaker", b"xmpmeta", b"taken at home"):
+        assert private not in stored
+    copy = Image.open(io.BytesIO(stored))
+    assert not copy.getexif() and "exif" not in copy.info
+    # Orientation 6: turned a quarter clockwise, the left (red) half on top.
+    width, height = copy.size
+    assert (width, height) == ((60, 40) if orientation == 1 else (40, 60))
+    top_or_left = copy.getpixel((5, 5) if orientation == 6 else (5, 20))
+    assert close_to(top_or_left, RED, tolerance=40)
+    if orientation == 1:  # nothing to turn: the original pixels, losslessly
+        assert decode_image(stored, LIMITS).tobytes() == decode_image(data, LIMITS).tobytes()
+
+
+def test_metadata_stripping_keeps_what_shapes_the_pixels():
+    cmyk = mf.make_cmyk_jpeg()  # Adobe's APP14 says how to read its colours
+    assert close_to(decode_image(jpeg_without_metadata(cmyk), LIMITS).getpixel((5, 5)), RED, tolerance=10)
+    icc = mf.encode(mf.solid_image(16, 16), "JPEG", icc_profile=b"\x00" * 200)
+    assert Image.open(io.BytesIO(jpeg_without_metadata(icc))).info.get("icc_profile") == b"\x00" * 200
+    progressive = mf.encode(mf.two_tone_image(64, 48), "JPEG", progressive=True, exif=mf.exif_orientation(1))
+    stripped = jpeg_without_metadata(progressive)
+    assert b"Exif" not in stripped
+    assert decode_image(stripped, LIMITS).tobytes() == decode_image(progressive, LIMITS).tobytes()
+    assert jpeg_without_metadata(mf.make_jpeg(orientation=3)) is None  # must be turned: re-encoded

@@ -6,8 +6,12 @@ the same pass. Only the demuxers of those audio containers are allowed, so FFmpe
 a playlist or concat file to other files or URLs.
 
 The duration limit is checked from the container's declared duration first, then while
-decoding: decoding stops as soon as the decoded audio passes the limit, so a two-hour file is
-never decoded in full.
+decoding, frame by frame before each frame is resampled: a frame whose resampled length would
+pass what is left of the limit ends decoding, so a two-hour file is never decoded in full and a
+frame that claims an absurd sample rate (a FLAC frame of 4,096 samples "at 1 Hz" would become 65
+million samples at 16 kHz) is refused before it costs anything. Frames below `MIN_SAMPLE_RATE`,
+or whose rate differs from the clip's first frame, are refused. Clips with more channels than
+FFmpeg can mix down (over 8 with no known layout) are averaged to mono here.
 """
 
 from __future__ import annotations
@@ -23,6 +27,12 @@ from core.errors import MediaTooLargeError, MediaTooShortError, UnsupportedMedia
 from core.media.sizes import check_file_size
 
 DEFAULT_SAMPLE_RATE = 16_000
+# Below any real recording (telephone audio is 8 kHz); a lower rate is a crafted file whose
+# resampling to 16 kHz would multiply its samples.
+MIN_SAMPLE_RATE = 4_000
+# FFmpeg's resampler knows a mono mix-down for layouts of up to 8 channels; wider frames are
+# averaged to mono in numpy first.
+_MAX_RESAMPLER_CHANNELS = 8
 # FFmpeg demuxer names (each may match any name of a demuxer, e.g. "mov" for mp4/m4a/3gp).
 _ALLOWED_DEMUXERS = ("ogg", "matroska", "webm", "mov", "mp3", "wav", "w64", "flac", "aac",
                      "aiff", "caf")  # fmt: skip
@@ -71,12 +81,61 @@ def _decoded_frames(
         yield from frames
 
 
+def _odd_rate(message: str) -> UnsupportedMediaError:
+    return UnsupportedMediaError(f"the audio clip {message} — send an ordinary recording")
+
+
+def _checked_rate(frame: av.AudioFrame, clip_rate: int | None) -> int:
+    """The frame's sample rate, refused when absurd or different from the clip's (`clip_rate`,
+    that of its first frame; FFmpeg's resampler cannot follow a change anyway)."""
+    rate = frame.sample_rate
+    if rate < MIN_SAMPLE_RATE:
+        raise _odd_rate(f"has a sample rate of {rate} Hz; the minimum is {MIN_SAMPLE_RATE} Hz")
+    if clip_rate is not None and rate != clip_rate:
+        raise _odd_rate(f"changes its sample rate from {clip_rate} Hz to {rate} Hz")
+    return rate
+
+
+def _mono(frame: av.AudioFrame) -> av.AudioFrame:
+    """A frame of more channels than FFmpeg can mix down, as the mean of its channels."""
+    samples = frame.to_ndarray()
+    channels = frame.layout.nb_channels
+    samples = samples if frame.format.is_planar else samples.reshape(-1, channels).T
+    if samples.dtype.kind in "iu":
+        bits = samples.dtype.itemsize * 8
+        offset = 2.0 ** (bits - 1) if samples.dtype.kind == "u" else 0.0
+        mixed = (samples.mean(axis=0, dtype=np.float64) - offset) / 2.0 ** (bits - 1)
+    else:
+        mixed = samples.mean(axis=0, dtype=np.float64)
+    mono = av.AudioFrame.from_ndarray(
+        mixed.astype(np.float32)[None, :], format="flt", layout="mono"
+    )
+    mono.sample_rate, mono.pts, mono.time_base = frame.sample_rate, frame.pts, frame.time_base
+    return mono
+
+
 def _resampled_chunks(
-    container: av.container.InputContainer, stream: av.AudioStream, sample_rate: int
+    container: av.container.InputContainer,
+    stream: av.AudioStream,
+    sample_rate: int,
+    limits: MediaLimits,
 ) -> Iterator[np.ndarray]:
-    """Mono float32 chunks of the stream at `sample_rate`, ending with the resampler's tail."""
+    """Mono float32 chunks of the stream at `sample_rate`, ending with the resampler's tail.
+
+    Each frame's length at `sample_rate` is checked against what is left of
+    `limits.max_audio_seconds` before it is resampled (`MediaTooLargeError`).
+    """
     resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+    max_samples = limits.max_audio_seconds * sample_rate
+    clip_rate: int | None = None
+    seconds_in = 0.0  # decoded input, in seconds, up to and including this frame
     for frame in _decoded_frames(container, stream):
+        clip_rate = _checked_rate(frame, clip_rate)
+        seconds_in += frame.samples / clip_rate
+        if seconds_in * sample_rate > max_samples:
+            raise _too_long(None, limits)
+        if frame.layout.nb_channels > _MAX_RESAMPLER_CHANNELS:
+            frame = _mono(frame)
         for out in resampler.resample(frame):
             yield out.to_ndarray().reshape(-1)
     for out in resampler.resample(None):
@@ -111,7 +170,7 @@ def decode_audio(
             declared = _declared_seconds(container, stream)
             if declared is not None and declared > limits.max_audio_seconds:
                 raise _too_long(declared, limits)
-            for chunk in _resampled_chunks(container, stream, sample_rate):
+            for chunk in _resampled_chunks(container, stream, sample_rate, limits):
                 chunks.append(chunk)
                 decoded += chunk.size
                 if decoded > max_samples:

@@ -5,6 +5,11 @@ do: too many bytes or pixels (`MediaTooLargeError`), not an image, truncated or 
 (`UnsupportedMediaError`). The pixel limit is checked from the header, before any pixel is
 decoded, so a small file that claims a huge picture (a decompression bomb) costs nothing.
 
+A progressive JPEG is decoded once per scan, so a small file of many tiny scans costs minutes (a
+scan bomb): its scans are counted from the markers before decoding, and a JPEG with more than
+`max_jpeg_scans(pixels)` is refused. 16-bit and float greys are scaled to 8 bits a block of
+pixels at a time, so they cost little more than their decoded pixels.
+
 Limit: damage inside a JPEG's compressed data (as opposed to a cut-off file or a broken
 structure) is repaired silently by libjpeg and decodes to smeared pixels; Pillow reports no error
 for it, so neither does this module.
@@ -17,6 +22,7 @@ import io
 import re
 import struct
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -33,6 +39,27 @@ _WHITE = (255, 255, 255)
 _WANTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "HEIF")
 # Errors Pillow's decoders raise on bad data (a truncated file is an OSError).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+# JPEG scans: libjpeg reads every block of the picture once per scan, about 1 ns per pixel for
+# the costliest kind (an AC refinement scan; measured on a 2-core machine, 6000x6000 grey), so
+# the scans a JPEG may have shrink with its size: scans x pixels at most _SCAN_PIXELS (about
+# 0.6 s of decoding), never fewer than _MIN_SCANS (ordinary progressive JPEGs have 6 to 12)
+# nor more than _MAX_SCANS.
+_SCAN_PIXELS = 600_000_000
+# Segments walked at most (about 0.7 µs each); ordinary JPEGs have a few dozen.
+_MAX_SEGMENTS = 10_000
+_MIN_SCANS = 16
+_MAX_SCANS = 256
+# A JPEG marker: 0xFF (and fill bytes), then a code other than 0x00 (a stuffed 0xFF in the
+# compressed data), 0x01 (TEM) or a restart marker (0xD0..0xD7), none of which has a length.
+_JPEG_MARKER = re.compile(rb"\xff+([\x02-\xcf\xd8-\xfe])")
+_SOS, _EOI, _COM = 0xDA, 0xD9, 0xFE
+# Kept by `jpeg_without_metadata`: APP0 (JFIF), APP14 (Adobe: how to read the colours) and an
+# ICC profile in APP2 (not MPF, whose index would point past the end). Other APPn and comments go.
+_KEPT_SEGMENTS = frozenset({0xE0, 0xEE})
+_APP2, _ICC_PROFILE = 0xE2, b"ICC_PROFILE\x00"
+_ORIENTATION = 0x0112
+# Grey levels are scaled to 8 bits this many pixels at a time (8 MB of float64).
+_GREY_BLOCK_PIXELS = 1 << 20
 
 
 def _megapixels(pixels: int) -> str:
@@ -86,6 +113,95 @@ def _open(data: bytes, limits: MediaLimits) -> Image.Image:
         raise UnsupportedMediaError(_DAMAGED) from None
 
 
+def max_jpeg_scans(pixels: int) -> int:
+    """How many scans a JPEG of `pixels` pixels may have (see `_SCAN_PIXELS`)."""
+    return max(_MIN_SCANS, min(_MAX_SCANS, _SCAN_PIXELS // max(pixels, 1)))
+
+
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """`(marker, start, end)` of each segment of JPEG `data` after its SOI, up to its EOI.
+
+    Each segment is skipped by its length (so a JPEG inside an EXIF thumbnail is not walked);
+    a scan's segment runs on over its compressed data to the next marker. The walk ends at the
+    end of the first picture (the second picture of an MPO file is not walked) or where the
+    structure breaks (the decoder then reports the damage).
+    """
+    pos, end = 2, len(data)
+    while (match := _JPEG_MARKER.search(data, pos)) is not None:
+        marker, pos = match.group(1)[0], match.end()
+        start = pos - 2  # fill bytes before the marker are left out
+        if marker == _EOI or pos + 2 > end:
+            return
+        pos += struct.unpack(">H", data[pos : pos + 2])[0]  # the length counts its own 2 bytes
+        if marker == _SOS:
+            following = _JPEG_MARKER.search(data, pos)
+            pos = following.start() if following is not None else end
+        yield marker, start, min(pos, end)
+
+
+def jpeg_scans(data: bytes, stop_after: int | None = None) -> int:
+    """The number of scans (SOS markers) of the first picture of JPEG `data`; counting ends
+    early once it passes `stop_after`."""
+    count = 0
+    for marker, _, _ in _jpeg_segments(data):
+        if marker == _SOS:
+            count += 1
+            if stop_after is not None and count > stop_after:
+                break
+    return count
+
+
+def _kept_segment(marker: int, identifier: bytes) -> bool:
+    """Whether `jpeg_without_metadata` keeps a segment (`identifier`: its first 12 bytes)."""
+    if marker == _APP2:
+        return identifier == _ICC_PROFILE
+    return marker in _KEPT_SEGMENTS or not (0xE0 <= marker <= 0xEF or marker == _COM)
+
+
+def jpeg_without_metadata(data: bytes) -> bytes | None:
+    """JPEG `data` without its metadata, losslessly: only the segments that shape the pixels
+    and JFIF, an ICC profile and Adobe's colour transform (`_KEPT_SEGMENTS`) are kept; EXIF
+    (GPS, camera, time), XMP, IPTC, comments, maker data and whatever follows the picture go.
+
+    None when that cannot be done losslessly: the EXIF orientation says the picture must be
+    turned (without it, it would show the wrong way round) or the segments cannot be walked.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=("JPEG", "MPO")) as image:
+            if image.getexif().get(_ORIENTATION, 1) != 1:
+                return None
+    except Exception:  # noqa: BLE001 - unreadable metadata: let the caller re-encode
+        return None
+    kept = [data[:2]]
+    for marker, start, end in _jpeg_segments(data):
+        if end >= len(data):
+            return None  # no end marker: not a whole picture
+        if _kept_segment(marker, data[start + 4 : start + 16]):
+            kept.append(data[start:end])
+    kept.append(b"\xff\xd9")  # and nothing after it
+    return b"".join(kept)
+
+
+def _check_scans(data: bytes, image: Image.Image) -> None:
+    """Refuse a JPEG with more scans than `max_jpeg_scans` allows for its size, or with more
+    segments than `_MAX_SEGMENTS` (walking millions of empty comments would take seconds)."""
+    width, height = image.size
+    limit = max_jpeg_scans(width * height)
+    scans = 0
+    for index, (marker, _, _) in enumerate(_jpeg_segments(data)):
+        if index == _MAX_SEGMENTS:
+            raise MediaTooLargeError(
+                f"the JPEG has more than {_MAX_SEGMENTS:,} segments "
+                "— save it as a standard JPEG and send it again"
+            )
+        scans += marker == _SOS
+        if scans > limit:
+            raise MediaTooLargeError(
+                f"the JPEG has more than {limit} progressive scans; the limit for "
+                f"{width}×{height} pixels is {limit} — save it as a standard JPEG and send it again"
+            )
+
+
 def image_size(data: bytes, limits: MediaLimits | None = None) -> tuple[int, int]:
     """`(width, height)` read from the header alone; the same errors as `decode_image`."""
     limits = limits or MediaLimits()
@@ -108,6 +224,8 @@ def decode_image(data: bytes, limits: MediaLimits) -> Image.Image:
             raise UnsupportedMediaError(_DAMAGED)
         if width * height > limits.max_image_pixels:
             raise _over_pixel_limit(width, height, limits)
+        if image.format in ("JPEG", "MPO"):
+            _check_scans(data, image)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -151,21 +269,37 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _grey_to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
-    """Scale 16-bit, 32-bit or float grey levels to 0..255."""
-    values = values.astype(np.float64)
+    """Scale 16-bit, 32-bit or float grey levels to 0..255.
+
+    In float64 a block of pixels at a time, into the 8-bit result: the extra memory is the
+    result and one block, not float64 copies of the whole picture.
+    """
     if mode == "F":
         scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
     elif mode == "I" and values.size and values.max() <= 255:
         scale = 1.0
     else:
         scale = 255.0 / 65535.0
-    return np.clip(np.nan_to_num(values * scale), 0, 255).round().astype(np.uint8)
+    flat = values.reshape(-1)
+    out = np.empty(flat.shape, np.uint8)
+    block = np.empty(max(1, min(flat.size, _GREY_BLOCK_PIXELS)), np.float64)
+    for start in range(0, flat.size, block.size):
+        part = block[: min(block.size, flat.size - start)]
+        np.multiply(flat[start : start + part.size], scale, out=part, dtype=np.float64)
+        np.nan_to_num(part, copy=False)
+        np.clip(part, 0, 255, out=part)
+        np.round(part, out=part)
+        out[start : start + part.size] = part
+    return out.reshape(values.shape)
 
 
 def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
-    """JPEG bytes of `image` (converted to RGB first), for thumbnails and stored copies."""
+    """JPEG bytes of `image` (converted to RGB first), for thumbnails and stored copies; none of
+    its metadata is written (Pillow would copy a comment, XMP, ... from `image.info`)."""
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must be within 1..100, got {quality}")
     buffer = io.BytesIO()
-    to_rgb(image).save(buffer, format="JPEG", quality=quality)
+    rgb = to_rgb(image)  # always a new image
+    rgb.info = {}
+    rgb.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
