@@ -4,6 +4,11 @@ A chat button carries a short key (Discord allows 100 characters in a custom id)
 an image or a voice note does not fit. The fused query vector, its filters and what to show are
 kept in a small SQLite file under the key (a hash of what is stored, so the same search reuses
 one entry) and forgotten after `max_age_days`. `path=None` keeps them in memory (tests).
+
+Each distinct search adds an entry (about 9 KB with a 1024-d vector), so the file is pruned as
+it goes, not only when opened: every `prune_every` saves, expired entries are deleted and only
+the newest `max_entries` kept. SQLite reuses the freed pages, so the file stops growing at about
+`max_entries` entries (10,000: some 90 MB); a button of a pruned search says "search again".
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +47,28 @@ class SavedQuery:
         return digest.hexdigest()[:20]
 
 
+MAX_ENTRIES = 10_000
+PRUNE_EVERY = 100
+
+
 class PageMemory:
-    def __init__(self, path: Path | None, *, max_age_days: float = 7.0):
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        max_age_days: float = 7.0,
+        max_entries: int = MAX_ENTRIES,
+        prune_every: int = PRUNE_EVERY,
+        clock: Callable[[], float] = time.time,
+    ):
+        """`clock` (seconds, like `time.time`) dates entries; tests pass their own."""
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         self._max_age_s = max_age_days * 86400
+        self._max_entries = max(1, max_entries)
+        self._prune_every = max(1, prune_every)
+        self._clock = clock
+        self._saves = 0
         self._lock = threading.Lock()
         self._db = sqlite3.connect(":memory:" if path is None else str(path), check_same_thread=False)
         if path is not None:
@@ -59,7 +82,17 @@ class PageMemory:
                 "CREATE TABLE IF NOT EXISTS queries (key TEXT PRIMARY KEY, created REAL, body TEXT,"
                 " vector BLOB)"
             )
-            self._db.execute("DELETE FROM queries WHERE created < ?", (time.time() - self._max_age_s,))
+            self._db.execute("CREATE INDEX IF NOT EXISTS queries_created ON queries (created)")
+            self._prune()
+
+    def _prune(self) -> None:
+        """(under the lock, in a transaction) Forget expired entries and all but the newest."""
+        self._db.execute("DELETE FROM queries WHERE created < ?", (self._clock() - self._max_age_s,))
+        self._db.execute(
+            "DELETE FROM queries WHERE key NOT IN"
+            " (SELECT key FROM queries ORDER BY created DESC, rowid DESC LIMIT ?)",
+            (self._max_entries,),
+        )
 
     def save(self, query: SavedQuery) -> str:
         key = query.key()
@@ -76,15 +109,18 @@ class PageMemory:
         vector = np.asarray(query.vector, dtype=np.float32).tobytes()
         with self._lock, self._db:
             self._db.execute(
-                "INSERT OR REPLACE INTO queries VALUES (?, ?, ?, ?)", (key, time.time(), body, vector)
+                "INSERT OR REPLACE INTO queries VALUES (?, ?, ?, ?)", (key, self._clock(), body, vector)
             )
+            self._saves += 1
+            if self._saves % self._prune_every == 0:
+                self._prune()
         return key
 
     def load(self, key: str) -> SavedQuery:
         with self._lock:
             row = self._db.execute(
                 "SELECT body, vector FROM queries WHERE key = ? AND created >= ?",
-                (key, time.time() - self._max_age_s),
+                (key, self._clock() - self._max_age_s),
             ).fetchone()
         if row is None:
             raise ExpiredPageError("this result list has expired: please search again")
@@ -98,6 +134,11 @@ class PageMemory:
             heard=body["heard"],
             cutoff=float(body["cutoff"]),
         )
+
+    def entries(self) -> int:
+        """Entries held (expired ones included until the next prune)."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM queries").fetchone()[0])
 
     def close(self) -> None:
         with self._lock:

@@ -31,6 +31,10 @@ from core.worker import EncoderWorker
 
 # Candidates read at most to fill one page after folding near-duplicates.
 MAX_CANDIDATES = 4096
+# How deep results go: no page starts at or shows a result ranked past this. A page at offset N
+# folds the best (N + limit + 1) x candidate_factor hits; without a cap, a "Next page" button
+# with a hand-made offset of 19,990 made the service fold a whole 20k collection (issue 17).
+MAX_DEPTH = 500
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class SearchResult:
     exist but none pass `cutoff`) from an empty collection or filter (None).
     page_key: pass it with another offset to `SearchService.page` ("Next page").
     heard: the words recognised in voice input and searched as text ("" when none).
+    at_depth_limit: the search has more, but not past `MAX_DEPTH` (this page ends there, or its
+    offset is past it): no next page; refine the search instead.
     """
 
     description: str
@@ -67,6 +73,7 @@ class SearchResult:
     page_key: str
     heard: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
+    at_depth_limit: bool = False
 
     @property
     def no_good_match(self) -> bool:
@@ -244,10 +251,13 @@ class SearchService:
         encoded = time.perf_counter()
         if key is None:
             key = await asyncio.to_thread(self.pages.save, saved)
-        groups = await asyncio.to_thread(self._groups, saved, offset + saved.limit + 1)
+        end = min(offset + saved.limit, MAX_DEPTH)
+        # Past the cap: nothing is searched (the reply says how deep results go).
+        groups = await asyncio.to_thread(self._groups, saved, end + 1) if offset < MAX_DEPTH else []
         searched = time.perf_counter()
-        page = groups[offset : offset + saved.limit]
+        page = groups[offset:end]
         shown = [g for g in page if g.hit.score >= saved.cutoff]
+        more = len(groups) > end and len(shown) == len(page)
         return SearchResult(
             description=saved.description,
             items=[self._item(g) for g in shown],
@@ -255,7 +265,7 @@ class SearchService:
             cutoff=saved.cutoff,
             offset=offset,
             limit=saved.limit,
-            has_more=len(groups) > offset + saved.limit and len(shown) == len(page),
+            has_more=more and end < MAX_DEPTH,
             page_key=key,
             heard=saved.heard,
             timings_ms={
@@ -263,6 +273,7 @@ class SearchService:
                 "search": (searched - encoded) * 1000,
                 "total": (searched - start) * 1000,
             },
+            at_depth_limit=offset >= MAX_DEPTH or (more and end >= MAX_DEPTH),
         )
 
     def _groups(self, saved: SavedQuery, want: int) -> list[Group]:
@@ -271,7 +282,7 @@ class SearchService:
         if cosine >= 1.0:
             hits = self.store.search(saved.vector, want, include=saved.include, exclude=saved.exclude)
             return [Group(h, 0) for h in hits]
-        k = want * self.settings.candidate_factor
+        k = min(want * self.settings.candidate_factor, MAX_CANDIDATES)
         while True:
             hits = self.store.search(saved.vector, k, include=saved.include, exclude=saved.exclude)
             vectors = self.store.embeddings_at([h.row for h in hits])

@@ -73,6 +73,22 @@ def test_no_good_match_names_the_best_score_and_the_cut_off():
     assert "best score was 0.123" in reply.notice and "0.20" in reply.notice
 
 
+def test_a_page_at_the_depth_limit_says_so_and_offers_no_next_page():
+    """Issue 17, item 4: results go only so deep; the reply says so instead of a "Next page"."""
+    at_cap = SearchResult(
+        description="cat", items=[item(7, 0.4)], best_score=0.4, cutoff=-1.0, offset=495, limit=5,
+        has_more=False, page_key="abcdef0123456789abcd", at_depth_limit=True,
+    )
+    reply = build_reply(at_cap)
+    assert reply.next_page is None and len(reply.images) == 1
+    assert "as deep as the results go" in reply.notice and "refine the search" in reply.notice
+    past = SearchResult(
+        description="cat", items=[], best_score=None, cutoff=-1.0, offset=19_990, limit=10,
+        has_more=False, page_key="abcdef0123456789abcd", at_depth_limit=True,
+    )
+    assert "as deep as the results go" in build_reply(past).notice and build_reply(past).next_page is None
+
+
 def test_nothing_found_and_heard():
     assert "Nothing found" in build_reply(result([])).notice
     assert build_reply(result([item(1, 0.5)], heard="a red car")).heard == "heard: a red car"

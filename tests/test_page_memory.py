@@ -43,3 +43,48 @@ def test_unknown_and_expired_keys_say_search_again(tmp_path):
         memory.load(key)
     with pytest.raises(ExpiredPageError):
         PageMemory(None).load("0123456789abcdef0123")
+
+
+class Clock:
+    """A clock the test moves by hand (no sleeps)."""
+
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_expired_entries_are_pruned_as_searches_are_saved_not_only_at_start(tmp_path):
+    """Issue 17, item 14: the file no longer grows until the next restart."""
+    clock = Clock()
+    memory = PageMemory(tmp_path / "p.sqlite", max_age_days=1, prune_every=10, clock=clock)
+    old = [memory.save(saved(seed)) for seed in range(10)]
+    assert memory.entries() == 10 and memory.load(old[0]).description == "cat + dog"
+    clock.now += 2 * 86400  # the first ten expire
+    fresh = [memory.save(saved(seed)) for seed in range(100, 110)]  # the 20th save prunes
+    assert memory.entries() == 10
+    assert memory.load(fresh[-1]).limit == 5
+    with pytest.raises(ExpiredPageError):
+        memory.load(old[-1])
+
+
+def test_only_the_newest_entries_are_kept(tmp_path):
+    clock = Clock()
+    path = tmp_path / "p.sqlite"
+    memory = PageMemory(path, max_entries=50, prune_every=10, clock=clock)
+    keys = []
+    for seed in range(300):
+        clock.now += 1
+        keys.append(memory.save(saved(seed)))
+        assert memory.entries() <= 50 + 10
+    assert memory.entries() == 50
+    assert memory.load(keys[-1]) and memory.load(keys[-50])
+    with pytest.raises(ExpiredPageError):
+        memory.load(keys[-51])
+    # Saving a remembered search again makes it the newest.
+    clock.now += 1
+    assert memory.save(saved(250)) == keys[250]
+    memory.close()
+    again = PageMemory(path, max_entries=5, clock=clock)  # a smaller cap applies on opening
+    assert again.entries() == 5 and again.load(keys[250]) and again.load(keys[-1])

@@ -11,6 +11,10 @@ collection is only ever appended to.
 
     sa:more:<row>              more like the image at <row>
     sa:page:<page key>:<offset>
+
+Offsets go to `MAX_DEPTH` (core/service.py): a page that reaches it has no "Next page" and says
+so (`DEPTH_NOTICE`); an id with a deeper offset (the id allows six digits) is answered with the
+same notice, without a search.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from core.service import ResultItem, SearchResult, SearchService
+from core.service import MAX_DEPTH, ResultItem, SearchResult, SearchService
 
 # ---------------------------------------------------------------------- buttons
 
@@ -70,6 +74,8 @@ def next_page_action(result: SearchResult) -> NextPage | None:
 
 # ---------------------------------------------------------------------- the reply
 
+DEPTH_NOTICE = f"That is as deep as the results go (the first {MAX_DEPTH}): refine the search to see others."
+
 
 @dataclass(frozen=True)
 class ReplyImage:
@@ -86,7 +92,7 @@ class Reply:
     header: str  # "Results 1-5 for: cat + cartoon"
     heard: str  # "heard: a red car" or ""
     images: list[ReplyImage]
-    notice: str  # why there are no images ("no good match ..."), else ""
+    notice: str  # why there are no (more) images ("no good match ...", how deep results go), else ""
     next_page: NextPage | None
 
     def summary_lines(self) -> list[str]:
@@ -133,6 +139,8 @@ def build_reply(result: SearchResult, *, caption_chars: int = 200, query_chars: 
             f"No good match: the best score was {result.best_score:.3f}, below the cut-off of "
             f"{result.cutoff:.2f}. Try other words, or an image."
         )
+    elif result.at_depth_limit:
+        notice = DEPTH_NOTICE
     elif not images:
         notice = "Nothing more to show." if result.offset else "Nothing found: the collection or filter has no images."
     else:
