@@ -9,7 +9,8 @@ local disks and S3, where a waiting process could not tell a slow holder from a 
 
 - Local dataset `DIR`: `fcntl.flock` on `DIR.lock` beside it. The kernel releases it when the
   holder dies (also by SIGKILL or OOM), so a crash never leaves a stale lock; the file stays.
-  (The loader's worker processes share the lock while they live; they exit with their parent.)
+  A process forked while it is held (a loader worker) closes its copy at once, so the lock
+  goes with the ingest itself, not with its last worker.
 - `s3://bucket/prefix`: the object `prefix.lock`, created only if absent (`If-None-Match: *`),
   holding the owner (host, pid, a random token) and a heartbeat time, refreshed every
   `HEARTBEAT_S` while the ingest runs and deleted at the end. A lock whose heartbeat is older
@@ -81,11 +82,29 @@ def lock_path(dataset: str) -> Path:
     return path.with_name(f"{path.name}.lock")
 
 
+class _HeldFd:
+    """The lock's descriptor, closed in every process forked while it is held (the loader's
+    workers): a flock belongs to the open file, so a worker's copy would keep the lock after the
+    ingest is killed, and the re-run would be refused until the worker went too."""
+
+    def __init__(self, fd: int):
+        self.fd: int | None = fd
+
+    def close_in_child(self) -> None:
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+
+
 @contextmanager
 def _file_lock(dataset: str) -> Iterator[None]:
     path = lock_path(dataset)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    held = _HeldFd(fd)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -99,8 +118,10 @@ def _file_lock(dataset: str) -> Iterator[None]:
             raise _refusal(dataset, owner, str(path)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(_owner()).encode(), 0)
+        os.register_at_fork(after_in_child=held.close_in_child)
         yield
     finally:
+        held.fd = None
         os.close(fd)  # releases the lock; the file stays (removing it would race a new holder)
 
 

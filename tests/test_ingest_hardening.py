@@ -78,6 +78,28 @@ def test_the_lock_refuses_a_second_writer_and_is_freed_after(tmp_path):
         pass
 
 
+def test_a_process_forked_while_the_lock_is_held_does_not_keep_it(tmp_path):
+    """A loader worker outliving a killed ingest must not make the re-run wait for it."""
+    dataset = str(tmp_path / "ds")
+    started_r, started_w = os.pipe()
+    release_r, release_w = os.pipe()
+    with writer_lock(dataset):
+        worker = os.fork()
+        if worker == 0:  # the "worker": says it runs, stays alive until told, does nothing else
+            os.write(started_w, b"x")
+            os.read(release_r, 1)
+            os._exit(0)
+        os.read(started_r, 1)
+    try:
+        with writer_lock(dataset):  # the holder is gone; its worker is still alive
+            pass
+    finally:
+        os.write(release_w, b"x")
+        os.waitpid(worker, 0)
+        for fd in (started_r, started_w, release_r, release_w):
+            os.close(fd)
+
+
 @pytest.mark.usefixtures("s3_env")
 def test_the_s3_lock_object_refuses_then_goes_stale(s3_server, monkeypatch):
     import ingest.writer_lock as lock
