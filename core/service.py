@@ -21,6 +21,7 @@ import numpy as np
 from core.config import ScoreCutoffs, SearchSettings
 from core.errors import BadInputError
 from core.fusion import fuse
+from core.media.image import served_jpeg
 from core.metrics import Metrics, modality_mix
 from core.page_memory import PageMemory, SavedQuery
 from core.query import AudioAs, Query, Term
@@ -306,4 +307,13 @@ class SearchService:
 
     async def image_bytes(self, item: ResultItem) -> bytes | None:
         """The JPEG kept in the dataset for a result (None when images live elsewhere)."""
-        return await asyncio.to_thread(self.store.image_bytes, item.row)
+        return await self.stored_image(item.row)
+
+    async def stored_image(self, row: int) -> bytes | None:
+        """The JPEG kept in the dataset at `row`, without metadata; None when it keeps none."""
+
+        def read() -> bytes | None:
+            data = self.store.image_bytes(row)
+            return served_jpeg(data) if data else data
+
+        return await asyncio.to_thread(read)

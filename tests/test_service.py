@@ -1,5 +1,7 @@
 """SearchService over a real dataset: negative terms, stored-embedding terms, cache, cut-off."""
 
+import io
+
 import numpy as np
 import pytest
 
@@ -87,3 +89,26 @@ async def test_image_bytes_come_back_from_the_dataset(settings, root):
         result = await service.search(Query((Term("image", data),), limit=1))
         assert await service.image_bytes(result.items[0]) == data
     assert np.isfinite(result.timings_ms["total"])
+
+
+async def test_stored_copies_are_served_without_metadata(tmp_path):
+    """A dataset ingested before copies were stripped still holds EXIF (GPS): what the bots
+    upload and the web page serves has none, and a picture its EXIF turns is served turned."""
+    from PIL import Image
+
+    from tests.test_media import photo_with_gps
+
+    dataset = str(tmp_path / "old")
+    store = DeepLakeStore.create(dataset, model_name="tiny", dim=64)
+    originals = [photo_with_gps(1), photo_with_gps(6)]
+    store.append([Record(id=f"p{i}.jpg", embedding=np.eye(64, dtype=np.float32)[i], image_jpeg=data)
+                  for i, data in enumerate(originals)])
+    store.close()
+    settings = Settings.model_validate({"model": {"name": "tiny"}, "store": {"dataset": dataset}})
+    async with open_search_service(settings, progress=False) as service:
+        served = [await service.stored_image(row) for row in (0, 1)]
+    for data in served:
+        for private in (b"Exif", b"PhoneMaker", b"xmpmeta", b"taken at home"):
+            assert private not in data
+    assert Image.open(io.BytesIO(served[0])).size == (60, 40)
+    assert Image.open(io.BytesIO(served[1])).size == (40, 60)  # orientation 6: turned

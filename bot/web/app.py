@@ -256,7 +256,7 @@ async def image(request: web.Request) -> web.Response:
     row = int(request.match_info["row"])
     if row >= await rows_in(service):
         raise web.HTTPNotFound(reason=f"no image at row {row}")
-    data = await asyncio.to_thread(service.store.image_bytes, row)
+    data = await service.stored_image(row)
     if not data:
         raise web.HTTPNotFound(reason=f"the dataset keeps no image for row {row}")
     etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'

@@ -303,3 +303,19 @@ def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
     rgb.info = {}
     rgb.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def served_jpeg(data: bytes) -> bytes:
+    """A stored JPEG as it may be shown or sent: without metadata (copies stored before the
+    ingest stripped it still carry EXIF, GPS included). Losslessly when it can be, else turned
+    by its EXIF orientation and re-encoded; bytes that are not a JPEG are returned as they are."""
+    if data[:3] != b"\xff\xd8\xff":
+        return data
+    stripped = jpeg_without_metadata(data)
+    if stripped is not None:
+        return stripped
+    try:
+        with Image.open(io.BytesIO(data), formats=("JPEG", "MPO")) as image:
+            return encode_jpeg(ImageOps.exif_transpose(image), quality=95)
+    except Exception:  # noqa: BLE001 - a stored copy that does not decode: nothing to strip
+        return data
