@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from bot.common.handle import Attachment, build_query
+from bot.common.reply import DEPTH_NOTICE
 from core.config import MODEL_NAMES, MediaLimits, Secrets, Settings, load_settings
 from core.errors import BadInputError, SearchAllError
 from core.logs import setup_logging
@@ -147,12 +148,14 @@ async def _search(args: argparse.Namespace) -> int:
         print(f"heard: {result.heard}")
     if result.no_good_match:
         print(f"no good match (best score {result.best_score:.3f}, cut-off {result.cutoff:.2f})")
-    elif not result.items:
+    elif not result.items and not result.at_depth_limit:
         print("no results")
     for rank, item in enumerate(result.items, 1 + query.offset):
         where = item.url or f"row {item.row}"
         similar = f"  (+{item.similar} similar)" if item.similar else ""
         print(f"{rank:3d}. {item.score:.3f}  {item.id}  {item.text[:70]}  {where}{similar}")
+    if result.at_depth_limit:
+        print(DEPTH_NOTICE)
     print(f"({result.timings_ms['total']:.0f} ms)")
     return 0
 

@@ -268,3 +268,13 @@ def test_limits_out_of_range_are_said_not_clamped_silently(collection, capsys):
     with pytest.raises(SystemExit) as refused:
         main(["search", "--dataset", str(dataset), "--text", "castle", "--limit", "0"])
     assert refused.value.code == 2 and "0 is not 1 or more" in capsys.readouterr().err
+
+
+def test_an_offset_past_the_depth_limit_says_so(collection, capsys):
+    from bot.common.reply import DEPTH_NOTICE
+
+    _, dataset = collection
+    capsys.readouterr()
+    assert main(["search", "--dataset", str(dataset), "--text", "castle", "--offset", "600"]) == 0
+    out = capsys.readouterr().out
+    assert DEPTH_NOTICE in out and "no results" not in out
