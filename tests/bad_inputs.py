@@ -20,8 +20,9 @@ import functools
 import io
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from PIL import Image
@@ -389,3 +390,35 @@ def malformed(*targets: RequestTarget) -> list:
     import pytest
 
     return [pytest.param(case, id=case.name) for case in MALFORMED_REQUESTS if case.target in targets]
+
+
+# --------------------------------------------------------------------------- files a folder ingest meets
+# Issue 17, item 7: a link that leads out of the folder (indexed only with --follow-links) and a
+# file far over the size limit (refused from its size, never read). The ingest tests put each
+# in a folder and expect the warning or failure that names it.
+
+
+@dataclass(frozen=True)
+class FolderEntry:
+    """`make(folder, outside)` puts the entry in `folder` (what it points to goes in `outside`);
+    `expect`: fragments of the ingest's warning or failure line for it."""
+
+    name: str
+    make: Callable[[Path, Path], None]
+    expect: tuple[str, ...]
+
+
+def _link_out_of_the_folder(folder: Path, outside: Path) -> None:
+    (outside / "secret.jpg").write_bytes(mf.make_picture(77))
+    (folder / "link.jpg").symlink_to(outside / "secret.jpg")
+
+
+def _sparse_2_5_gb_jpg(folder: Path, outside: Path) -> None:
+    with open(folder / "huge.jpg", "wb") as huge:
+        huge.truncate(2_500_000_000)  # sparse: 2.5 GB that costs no disk
+
+
+FOLDER_ENTRIES: list[FolderEntry] = [
+    FolderEntry("link-out-of-the-folder", _link_out_of_the_folder, ("skipping link.jpg", "--follow-links")),
+    FolderEntry("jpg-2.5gb-sparse", _sparse_2_5_gb_jpg, ("huge.jpg", "not read")),
+]

@@ -18,6 +18,7 @@ from core.errors import StoreError
 from core.s3.client import S3Connection
 from core.store.deeplake_store import DeepLakeStore
 from ingest.writer_lock import writer_lock
+from tests.bad_inputs import FOLDER_ENTRIES
 from tests.fakes.s3_server import ACCESS_KEY, REGION, SECRET_KEY
 from tests.ingest_helpers import image_folder, rows_by_id
 from tests.media_factory import make_picture
@@ -153,19 +154,17 @@ def test_links_out_of_the_folder_and_huge_files(tmp_path, capsys):
     ids = image_folder(root, 3)
     outside = tmp_path / "private"
     outside.mkdir()
-    (outside / "secret.jpg").write_bytes(make_picture(77))
-    (root / "link.jpg").symlink_to(outside / "secret.jpg")
+    for entry in FOLDER_ENTRIES:  # the bad-input corpus: a link out of the folder, a 2.5 GB file
+        entry.make(root, outside)
     (root / "inner.jpg").symlink_to(root / ids[0])  # a link inside the folder is fine
-    with open(root / "huge.jpg", "wb") as huge:
-        huge.truncate(2_500_000_000)  # sparse: 2.5 GB that costs no disk
     dataset = tmp_path / "ds"
     args = ["ingest", f"folder:{root}", "--dataset", str(dataset), "--batch-size", "4"]
     child = cli(*args)
     out, err = child.communicate(timeout=180)
     assert child.returncode == 0, err
     assert "added 4, skipped 0 already present, failed 1" in out
-    assert "skipping link.jpg" in err and "--follow-links" in err
-    assert "huge.jpg" in err and "not read" in err
+    for entry in FOLDER_ENTRIES:
+        assert all(fragment in err for fragment in entry.expect), entry.name
     assert int(err.split("peak kB ")[1].split()[0]) * 1024 < 1_500_000_000  # 2.5 GB never read
     assert sorted(rows_by_id(str(dataset))) == sorted([*ids, "inner.jpg"])
 
