@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from bot.common.handle import Attachment, build_query
-from bot.common.reply import DEPTH_NOTICE
+from bot.common.reply import DEPTH_NOTICE, item_fields, result_fields
 from core.config import MODEL_NAMES, MediaLimits, Secrets, Settings, load_settings
 from core.errors import BadInputError, SearchAllError
 from core.logs import setup_logging
@@ -124,20 +124,8 @@ async def _search(args: argparse.Namespace) -> int:
         print(
             json.dumps(
                 {
-                    "query": result.description,
-                    "hits": [
-                        {
-                            "id": i.id,
-                            "score": round(i.score, 6),
-                            "text": i.text,
-                            "url": i.url,
-                            "similar": i.similar,
-                        }
-                        for i in result.items
-                    ],
-                    "heard": result.heard,
-                    "best_score": result.best_score,
-                    "cutoff": result.cutoff,
+                    **result_fields(result),
+                    "hits": [item_fields(i) for i in result.items],
                     "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
                 }
             )

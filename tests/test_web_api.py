@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -133,7 +134,7 @@ async def expected_reply(service, settings, text, attachments=(), *, limit=None)
 
 
 def shown(body: dict) -> list[tuple[str, str, str, str]]:
-    return [(i["id"], i["score"], i["caption"], i["similar"]) for i in body["images"]]
+    return [(i["id"], i["score_text"], i["caption"], i["similar_text"]) for i in body["images"]]
 
 
 def expected_shown(reply) -> list[tuple[str, str, str, str]]:
@@ -163,7 +164,8 @@ async def test_an_image_finds_itself_with_its_copies_folded_and_its_jpeg_is_serv
     _, reply = await expected_reply(service, settings, "", [Attachment("image", picture, "query.jpg")])
     assert shown(body) == expected_shown(reply)
     top = body["images"][0]
-    assert top["score"] == "1.000" and top["similar"] == f"+{COPIES - 1} similar"
+    assert top["score_text"] == "1.000" and top["similar_text"] == f"+{COPIES - 1} similar"
+    assert top["score"] == pytest.approx(1.0, abs=1e-5) and top["similar"] == COPIES - 1  # numbers, as --json
     assert top["image_url"] == image_url(None, reply.images[0].item.row) == f"/image/{reply.images[0].item.row}"
     async with session.get(top["image_url"]) as response:
         assert response.status == 200 and response.content_type == "image/jpeg"
@@ -233,7 +235,7 @@ async def test_more_like_this_and_next_page_actions(server, collection):
         more = await response.json()
     expected = build_reply(await service.more_like_row(int(clicked["more"].rsplit(":", 1)[1]), 3))
     assert shown(more) == expected_shown(expected) and more["header"] == expected.header
-    assert more["images"][0]["id"] == clicked["id"] and more["images"][0]["score"] == "1.000"
+    assert more["images"][0]["id"] == clicked["id"] and more["images"][0]["score_text"] == "1.000"
 
     async with session.post("/api/action", json={"id": first["next_page"]}) as response:
         assert response.status == 200
@@ -287,10 +289,11 @@ async def test_the_reply_shows_what_was_heard_and_loads_images_the_browser_can_r
     ]
     result = SearchResult("a red car", items, 0.5, 0.1, 0, 3, True, "ab" * 10, heard="a red car")
     body = reply_json(result, settings)
-    assert body["heard"] == build_reply(result).heard == "heard: a red car"
+    assert body["heard_text"] == build_reply(result).heard == "heard: a red car" and body["heard"] == "a red car"
     assert [i["image_url"] for i in body["images"]] == ["https://cdn.example/a.jpg", "/image/8", "/image/9"]
     assert [i["more"] for i in body["images"]] == ["sa:more:7", "sa:more:8", "sa:more:9"]
-    assert body["images"][1]["similar"] == "+2 similar" and body["next_page"] == f"sa:page:{'ab' * 10}:3"
+    assert body["images"][1]["similar_text"] == "+2 similar" and body["next_page"] == f"sa:page:{'ab' * 10}:3"
+    assert [i["similar"] for i in body["images"]] == [0, 2, 0] and body["images"][0]["score"] == 0.5
 
 
 async def test_binding_beyond_loopback_is_warned_about():
@@ -362,7 +365,7 @@ async def test_a_voice_note_shows_what_was_heard(collection):
                 data = form(files=(("audio", voice.file, voice.read(), "audio/ogg"),))
                 status, body = await post_search(session, data)
     assert status == 200, body
-    assert body["heard"].startswith("heard: ")
+    assert body["heard_text"].startswith("heard: ")
     assert all(word in body["heard"] for word in voice.key_words)
 
 
@@ -457,3 +460,23 @@ async def test_a_chunked_action_body_is_refused_after_its_cap_not_read_to_its_en
                 assert "too long" in (await response.json())["error"]
     finally:
         finish.set()
+
+
+def test_the_api_and_search_json_share_one_machine_readable_shape(collection, capsys):
+    """#20 item 13: numbers for scores and counts in both, display strings only beside them."""
+    from bot.cli import main
+
+    settings, _ = collection
+    capsys.readouterr()
+    assert main(["search", "--dataset", settings.store.dataset, "--json", "--text", "a red fox", "--limit", "2"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    items = [ResultItem(h["id"], h["score"], h["text"], h["url"], h["row"], h["width"], h["height"],
+                        similar=h["similar"]) for h in cli["hits"]]
+    result = SearchResult(cli["query"], items, cli["best_score"], cli["cutoff"], 0, 2, False, "ab" * 10,
+                          heard=cli["heard"])
+    web = reply_json(result, settings)
+    for key in ("query", "heard", "best_score", "cutoff", "at_depth_limit"):
+        assert web[key] == cli[key], key
+    for hit, image in zip(cli["hits"], web["images"], strict=True):
+        assert {k: image[k] for k in hit} == hit
+        assert isinstance(image["score"], float) and isinstance(image["similar"], int)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from core.service import MAX_DEPTH, ResultItem, SearchResult, SearchService
@@ -104,6 +105,32 @@ def is_web_url(url: str | None) -> bool:
     """Whether `url` is http(s), so a chat platform or a browser can fetch it itself (an S3 URL,
     public or presigned); a file:// path or no URL means the dataset's copy is sent instead."""
     return bool(url) and urlsplit(url).scheme.lower() in ("http", "https")
+
+
+def item_fields(item: ResultItem) -> dict[str, Any]:
+    """A result as numbers and plain values, the same in `search --json` and the web API
+    (display strings go beside them, under other keys)."""
+    return {
+        "id": item.id,
+        "score": round(item.score, 6),
+        "text": item.text,
+        "url": item.url,
+        "similar": item.similar,
+        "row": item.row,
+        "width": item.width,
+        "height": item.height,
+    }
+
+
+def result_fields(result: SearchResult) -> dict[str, Any]:
+    """What a search was and why it shows what it shows, machine-readable."""
+    return {
+        "query": result.description,
+        "heard": result.heard,
+        "best_score": result.best_score,
+        "cutoff": result.cutoff,
+        "at_depth_limit": result.at_depth_limit,
+    }
 
 
 def shorten(text: str, limit: int) -> str:

@@ -42,7 +42,16 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from bot.common.handle import user_message
-from bot.common.reply import MoreLikeThis, Reply, build_reply, decode_action, is_web_url, run_action
+from bot.common.reply import (
+    MoreLikeThis,
+    Reply,
+    build_reply,
+    decode_action,
+    is_web_url,
+    item_fields,
+    result_fields,
+    run_action,
+)
 from bot.web.form import max_body_bytes, parse_limit, read_search_form
 from core.config import Settings
 from core.errors import BadInputError, MediaTooLargeError, SearchAllError
@@ -80,22 +89,22 @@ class ForbiddenOriginError(SearchAllError):
 
 
 def reply_json(result: SearchResult, settings: Settings) -> dict[str, Any]:
-    """The page's view of a result: `build_reply` with image URLs the browser can load."""
+    """The page's view of a result: the machine-readable fields of `search --json` (numbers),
+    and `build_reply`'s words beside them, with image URLs the browser can load."""
     reply: Reply = build_reply(result, caption_chars=settings.bot.caption_chars)
     return {
+        **result_fields(result),
         "header": reply.header,
-        "heard": reply.heard,
+        "heard_text": reply.heard,
         "notice": reply.notice,
         "images": [
             {
+                **item_fields(image.item),
                 "rank": image.rank,
-                "id": image.item.id,
-                "score": image.score,
+                "score_text": image.score,
+                "similar_text": image.similar,
                 "caption": image.caption,
-                "similar": image.similar,
                 "image_url": image_url(image.item.url, image.item.row),
-                "width": image.item.width,
-                "height": image.item.height,
                 "more": image.more.encode(),
             }
             for image in reply.images

@@ -213,12 +213,12 @@
     rank.textContent = `#${image.rank}`;
     const score = document.createElement("span");
     score.className = "score";
-    score.textContent = image.score;
+    score.textContent = image.score_text;
     meta.append(rank, score);
-    if (image.similar) {
+    if (image.similar_text) {
       const similar = document.createElement("span");
       similar.className = "similar";
-      similar.textContent = image.similar;
+      similar.textContent = image.similar_text;
       meta.append(similar);
     }
     const caption = document.createElement("span");
@@ -232,7 +232,7 @@
   function render(reply) {
     $("results").hidden = false;
     $("results-header").textContent = reply.header;
-    line("heard", reply.heard);
+    line("heard", reply.heard_text);
     line("notice", reply.notice);
     $("gallery").replaceChildren(...reply.images.map(card));
     $("gallery-hint").hidden = !reply.images.length;
