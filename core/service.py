@@ -235,12 +235,14 @@ class SearchService:
     async def _more_like_row(self, row: int, limit: int | None) -> SearchResult:
         start = time.perf_counter()
         vectors = await asyncio.to_thread(self.store.embeddings_at, [row])
+        name = await asyncio.to_thread(self.store.id_at, row)
         saved = SavedQuery(
             vector=vectors[0],
             include=(),
             exclude=(),
             limit=min(limit or self.settings.default_limit, self.settings.max_limit),
-            description=f"more like result #{row}",
+            # The clicked image by its name: its row number read like a rank ("result #5").
+            description=f"more like {name or f'the image at row {row}'}",
             heard="",
             cutoff=query_cutoff([Term("item", "", 1.0)], self.cutoffs, self.settings.min_score),
         )

@@ -39,6 +39,9 @@ class CountingStore:
         self.folded_rows = max(self.folded_rows, len(rows))
         return self.matrix[list(rows)]
 
+    def id_at(self, row: int) -> str | None:
+        return f"r{row}" if 0 <= row < len(self.matrix) else None
+
 
 @pytest.fixture
 def deep():

@@ -112,3 +112,13 @@ async def test_stored_copies_are_served_without_metadata(tmp_path):
             assert private not in data
     assert Image.open(io.BytesIO(served[0])).size == (60, 40)
     assert Image.open(io.BytesIO(served[1])).size == (40, 60)  # orientation 6: turned
+
+
+async def test_more_like_this_names_the_image_it_started_from(settings):
+    """#20 item 10: the header said "more like result #5" for dataset row 5, read as a rank."""
+    async with open_search_service(settings, progress=False) as service:
+        first = await service.search(Query((Term("text", "a red circle"),), limit=5))
+        clicked = first.items[3]
+        more = await service.more_like_row(clicked.row, 3)
+    assert more.description == f"more like {clicked.id}"
+    assert more.items[0].id == clicked.id

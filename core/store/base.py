@@ -121,6 +121,11 @@ class VectorStore(Protocol):
         (for folding near-duplicates and "more like this" by row); `StoreError` for a bad row."""
         ...
 
+    def id_at(self, row: int) -> str | None:
+        """The id stored at `row` (to name the image "more like this" started from); None when
+        there is no such row."""
+        ...
+
     def image_bytes(self, row_or_hit: int | Hit) -> bytes | None:
         """The JPEG bytes stored for a row, unchanged; None when the row keeps no image."""
         ...

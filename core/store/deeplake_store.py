@@ -390,6 +390,10 @@ class DeepLakeStore:
         with self._lock.read():
             return np.array(self._open_ds()["embedding"][row], dtype=np.float32)
 
+    def id_at(self, row: int) -> str | None:
+        ids = self._current().ids
+        return ids[row] if 0 <= row < len(ids) else None
+
     def embeddings_at(self, rows: Sequence[int]) -> np.ndarray:
         state = self._current()
         wanted = np.asarray(rows, dtype=np.int64).reshape(-1)
