@@ -160,6 +160,12 @@ class SpeechSettings(_Section):
     whisper_device: Literal["auto", "cpu", "cuda"] = "auto"
     whisper_compute_type: str = "default"
     language: str = "en"
+    # The recogniser runs in a worker process of its own (pocketsphinx holds the GIL): voice
+    # notes waiting or being transcribed at most; one more is refused with "try again".
+    max_queued_clips: int = Field(default=8, ge=1, le=1000)
+    # Seconds one clip may take in the recogniser; past that it is refused and the worker
+    # restarted (a 30 s clip takes about 3 s with pocketsphinx on one core).
+    clip_timeout_s: float = Field(default=60.0, gt=0, le=3600)
 
 
 class BotSettings(_Section):

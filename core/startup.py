@@ -86,6 +86,10 @@ async def open_search_service(
             max_age_days=settings.search.page_memory_days,
         )
         stack.callback(pages.close)
+        # Voice read as speech (docs/speech.md), by a recogniser in a worker process of its own.
+        audio = speech_policy(settings.speech, settings.limits, in_process=True)
+        audio.start()
+        stack.push_async_callback(audio.aclose)
         metrics = Metrics()
         metrics.watch_batches(lambda: worker.batch_sizes)
         service = SearchService(
@@ -98,8 +102,7 @@ async def open_search_service(
             cutoffs=None if settings.model.name == "tiny" else settings.search.cutoffs,
             pages=pages,
             metrics=metrics,
-            # Voice read as speech (docs/speech.md); the recogniser loads on the first clip.
-            audio=speech_policy(settings.speech, settings.limits),
+            audio=audio,
         )
         health = service.locator.health
         if health is not None:

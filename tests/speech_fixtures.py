@@ -34,3 +34,20 @@ def clips(kind: str | None = None) -> list[Clip]:
 
 def clip(file: str) -> Clip:
     return next(c for c in clips() if c.file == file)
+
+
+def long_voice_note(seconds: float = 30.0) -> bytes:
+    """An Ogg/Opus voice note of `seconds`: the spoken fixtures, half a second apart, looped."""
+    import numpy as np
+
+    from core.config import MediaLimits
+    from core.media.audio import decode_audio
+    from tests.media_factory import encode_audio
+
+    gap = np.zeros(8000, np.float32)
+    parts = []
+    for name in ("red_car.wav", "banana.wav", "snow.wav"):
+        parts += [decode_audio(clip(name).read(), MediaLimits(), sample_rate=16_000), gap]
+    one = np.concatenate(parts)
+    samples = np.tile(one, int(np.ceil(seconds * 16_000 / one.size)))[: int(seconds * 16_000)]
+    return encode_audio(samples, "ogg", sample_rate=16_000)

@@ -13,9 +13,16 @@ from typing import Protocol
 
 import numpy as np
 
+from core.config import MediaLimits
 from core.errors import BadInputError
+from core.media.audio import decode_audio
 
 SAMPLE_RATE = 16_000
+
+# Only the start of a clip is transcribed. The words become one text term, and ImageBind's
+# text tower reads 77 tokens (about 50 words, 20 s of speech): later words could not change
+# the query, and a 5-minute clip of noise would keep the recogniser busy for minutes.
+MAX_TRANSCRIBED_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -65,3 +72,10 @@ def platform_transcript(text: str | None) -> Transcript | None:
     if not words:
         return None
     return Transcript(words, is_speech=True, confidence=1.0, engine="platform")
+
+
+def transcribe_clip(transcriber: Transcriber, data: bytes, limits: MediaLimits) -> Transcript:
+    """Decode a clip (16 kHz mono, within `limits`) and transcribe its first
+    `MAX_TRANSCRIBED_SECONDS` (blocking: in the worker process or a thread)."""
+    samples = decode_audio(data, limits, sample_rate=SAMPLE_RATE)
+    return transcriber.transcribe(samples[: int(MAX_TRANSCRIBED_SECONDS * SAMPLE_RATE)])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from core.config import MediaLimits, SpeechSettings
 from core.errors import ConfigError
 from core.speech.base import Transcriber
 from core.speech.policy import SpeechPolicy
+from core.speech.process import RecogniserProcess
 
 
 def check_settings(settings: SpeechSettings) -> None:
@@ -41,9 +43,15 @@ def transcriber_from_settings(
 
 
 def speech_policy(
-    settings: SpeechSettings, limits: MediaLimits, *, download_root: Path | None = None
+    settings: SpeechSettings,
+    limits: MediaLimits,
+    *,
+    download_root: Path | None = None,
+    in_process: bool = False,
 ) -> SpeechPolicy:
-    """The `AudioReader` for `SearchService`; its recogniser loads on the first voice clip."""
+    """The `AudioReader` for `SearchService`. `in_process`: the recogniser runs in a warm worker
+    process (`policy.start()` starts it, `policy.aclose()` stops it); otherwise in a thread,
+    loaded on the first voice clip."""
     check_settings(settings)
     load: Callable[[], Transcriber] | None = None
     if settings.engine != "none":
@@ -53,4 +61,12 @@ def speech_policy(
             assert transcriber is not None
             return transcriber
 
-    return SpeechPolicy(load, limits, sound_weight=settings.sound_weight)
+    process = None
+    if load is not None and in_process:
+        process = RecogniserProcess(
+            partial(transcriber_from_settings, settings, download_root=download_root),
+            limits,
+            max_queued=settings.max_queued_clips,
+            timeout_s=settings.clip_timeout_s,
+        )
+    return SpeechPolicy(load, limits, sound_weight=settings.sound_weight, process=process)

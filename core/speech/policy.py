@@ -11,8 +11,10 @@
   `BadInputError` when the user asked for speech (`audio_as="speech"`);
 - `[speech] engine = "none"`: always the sound.
 
-The recogniser is loaded on the first clip that needs it (not at startup: a text-only search
-never pays for it); a failed load is raised to that request and retried on the next one.
+The recogniser runs either in a warm worker process (`RecogniserProcess`, what the bots use:
+pocketsphinx holds the GIL, so in a thread it would stall the event loop) or, given a `load`
+function alone, in a thread of this process, loaded on the first clip that needs it. Either
+way a failed load is raised to that request and retried on the next one.
 """
 
 from __future__ import annotations
@@ -24,16 +26,17 @@ from collections.abc import Callable
 
 from core.config import MediaLimits
 from core.errors import BadInputError
-from core.media.audio import decode_audio
 from core.query import AudioAs, Term
-from core.speech.base import SAMPLE_RATE, Transcriber, Transcript, platform_transcript
+from core.speech.base import (  # noqa: F401  (MAX_TRANSCRIBED_SECONDS: read here by tests)
+    MAX_TRANSCRIBED_SECONDS,
+    Transcriber,
+    Transcript,
+    platform_transcript,
+    transcribe_clip,
+)
+from core.speech.process import RecogniserProcess
 
 log = logging.getLogger(__name__)
-
-# Only the start of a clip is transcribed. The words become one text term, and ImageBind's
-# text tower reads 77 tokens (about 50 words, 20 s of speech): later words could not change
-# the query, and a 5-minute clip of noise would keep the recogniser busy for minutes.
-MAX_TRANSCRIBED_SECONDS = 30.0
 
 
 class SpeechPolicy:
@@ -45,9 +48,12 @@ class SpeechPolicy:
         limits: MediaLimits,
         *,
         sound_weight: float = 0.0,
+        process: RecogniserProcess | None = None,
     ):
-        """`load` builds the recogniser (called once, in a worker thread); None: no recogniser."""
+        """`load` builds the recogniser (called once, in a worker thread); None: no recogniser.
+        `process`: the recogniser runs there instead (`load` then only says that there is one)."""
         self._load = load
+        self.process = process
         self._transcriber: Transcriber | None = None
         self._load_lock = threading.Lock()
         self.limits = limits
@@ -77,23 +83,34 @@ class SpeechPolicy:
             return given
         if not isinstance(term.payload, bytes):
             raise BadInputError("an audio term needs the clip's bytes")
-        return await asyncio.to_thread(self._transcribe, term.payload, term.label)
-
-    def _transcribe(self, data: bytes, label: str) -> Transcript:
-        samples = decode_audio(data, self.limits, sample_rate=SAMPLE_RATE)
-        samples = samples[: int(MAX_TRANSCRIBED_SECONDS * SAMPLE_RATE)]
-        transcript = self._recogniser().transcribe(samples)
+        if self.process is not None:
+            transcript = await self.process.transcribe(term.payload)
+        else:
+            transcript = await asyncio.to_thread(self._transcribe, term.payload)
         with self._load_lock:
             self.transcribed += 1
         log.debug(  # debug: what people say is theirs, not the log's
             "%s: %s %r (confidence %.2f, %s)",
-            label or "audio clip",
+            term.label or "audio clip",
             "heard" if transcript.is_speech else "no speech; words ignored:",
             transcript.text,
             transcript.confidence,
             transcript.engine,
         )
         return transcript
+
+    def start(self) -> None:
+        """Start the recogniser's worker process, if any, and load it (call from the loop)."""
+        if self.process is not None:
+            self.process.start()
+
+    async def aclose(self) -> None:
+        """Stop the recogniser's worker process, if any."""
+        if self.process is not None:
+            await self.process.aclose()
+
+    def _transcribe(self, data: bytes) -> Transcript:
+        return transcribe_clip(self._recogniser(), data, self.limits)
 
     def _recogniser(self) -> Transcriber:
         with self._load_lock:
@@ -113,3 +130,4 @@ class SpeechPolicy:
             f"no speech recognised in {what} — say it again closer to the microphone, "
             "or search the clip as a sound"
         )
+
