@@ -153,7 +153,8 @@ def _ingest(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     report = run_ingest(
-        settings, args.source, workers=args.workers, batch_size=args.batch_size, follow_links=args.follow_links
+        settings, args.source, workers=args.workers, batch_size=args.batch_size, follow_links=args.follow_links,
+        overwrite=args.overwrite, sync=args.sync, notify=print,
     )
     print(f"{settings.store.dataset}: {report}")
     return 0
@@ -192,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument(
         "--follow-links", action="store_true",
         help="folder sources: also index links to files outside the folder (skipped by default)",
+    )
+    ingest.add_argument(
+        "--overwrite", action="store_true",
+        help="delete the dataset (once the model has loaded) and build it anew, e.g. with another --model",
+    )
+    ingest.add_argument(
+        "--sync", action="store_true",
+        help="also index changed files again (content hash, S3 ETag) and remove rows whose file is gone",
     )
     _common(ingest)
     ingest.set_defaults(run=lambda a: _ingest(a))

@@ -14,17 +14,23 @@ does not depend on the number of workers.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+from torch.utils.data import (
+    DataLoader,
+    IterableDataset,
+    default_collate,
+    get_worker_info,
+)
 
 from core.config import MediaLimits
 from core.errors import BadInputError
@@ -51,6 +57,16 @@ def stored_jpeg(data: bytes, image: Image.Image) -> bytes:
     return encode_jpeg(copy)
 
 
+def content_hash(source: Source, ref: ItemRef, data: bytes | None = None) -> str:
+    """What `ref`'s content is, to tell later whether it changed: the version its listing gave
+    (an S3 ETag), else the SHA-256 of its bytes (`data`, or read from `source`)."""
+    if ref.version:
+        return f"etag:{ref.version}"
+    if data is None:
+        data = source.read(ref)
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
 @dataclass(frozen=True)
 class PreparedItem:
     """One item after its worker is done with it: a tensor and its JPEG, or a failure."""
@@ -61,6 +77,7 @@ class PreparedItem:
     width: int = 0
     height: int = 0
     error: str = ""
+    hash: str = ""  # `content_hash` of the bytes read
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,7 @@ class PreparedBatch:
     jpegs: list[bytes]
     sizes: list[tuple[int, int]]
     failures: list[tuple[ItemRef, str]]
+    hashes: list[str] = field(default_factory=list)  # `content_hash` of each good item
 
     def __len__(self) -> int:
         return len(self.refs) + len(self.failures)
@@ -82,7 +100,10 @@ def prepare_item(source: Source, ref: ItemRef, limits: MediaLimits) -> PreparedI
     try:
         data = source.read(ref)
         image = decode_image(data, limits)
-        return PreparedItem(ref, image_to_tensor(image), stored_jpeg(data, image), image.width, image.height)
+        return PreparedItem(
+            ref, image_to_tensor(image), stored_jpeg(data, image), image.width, image.height,
+            hash=content_hash(source, ref, data),
+        )
     except (BadInputError, OSError) as exc:
         return PreparedItem(ref, error=str(exc) or type(exc).__name__)
 
@@ -102,6 +123,7 @@ def collate(items: Sequence[PreparedItem]) -> PreparedBatch:
         jpegs=[item.jpeg for item in good],
         sizes=[(item.width, item.height) for item in good],
         failures=[(item.ref, item.error) for item in items if item.pixels is None],
+        hashes=[item.hash for item in good],
     )
 
 

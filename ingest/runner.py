@@ -1,15 +1,20 @@
 """`search-all ingest` end to end: open the store, the source, S3 and the encoder; run; close.
 
 Everything is opened here in one `ExitStack` and closed in reverse order. First the dataset's
-writer lock (`ingest.writer_lock`): a second ingest into the same dataset refuses. The store opens
-before the model loads, so a wrong dataset path or another model's dataset fails before seconds
-(or a 4.8 GB download) are spent. S3 is used when the source is `s3://...` or `[s3]
+writer lock (`ingest.writer_lock`): a second ingest into the same dataset refuses. An existing
+dataset opens before the model loads, so another model's dataset fails before seconds (or a
+4.8 GB download) are spent. A new dataset is created only once the model has loaded, and a run
+that created one and fails before its first commit deletes it again: a failed first run (no
+network for the checkpoint, a source that cannot be read) leaves nothing that a later run with
+another model would trip over. `overwrite` deletes the existing dataset, once the model has
+loaded, and builds it anew. S3 is used when the source is `s3://...` or `[s3]
 upload_images` is on; the dataset itself may be `s3://bucket/prefix` (`core.startup.store_creds`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -58,9 +63,14 @@ def run_ingest(
     progress: bool = True,
     s3_page_size: int = 1000,
     follow_links: bool = False,
+    overwrite: bool = False,
+    sync: bool = False,
+    notify: Callable[[str], None] = log.warning,
 ) -> IngestReport:
     """Ingest `source_spec` into `[store] dataset`; `workers` / `batch_size` override `[ingest]`;
-    `follow_links`: index a folder's links to files outside it too."""
+    `follow_links`: index a folder's links to files outside it too; `overwrite`: delete the
+    dataset and build it anew (said through `notify`); `sync`: also re-index changed files and
+    remove rows whose file is gone (`ingest.pipeline.ingest`)."""
     secrets = secrets or Secrets.from_env()
     check_upload_settings(settings)
     connection = S3Connection.from_settings(
@@ -73,18 +83,27 @@ def run_ingest(
         follow_links=follow_links,
         max_file_bytes=settings.limits.max_file_bytes,
     )
-    with ExitStack() as stack:
-        stack.enter_context(writer_lock(settings.store.dataset, connection))
-        store = DeepLakeStore.open_or_create(
-            settings.store.dataset,
+    path = settings.store.dataset
+    creds = store_creds(settings, secrets)
+
+    def open_store() -> DeepLakeStore:
+        return DeepLakeStore.open_or_create(
+            path,
             model_name=settings.model.name,
             dim=get_config(settings.model.name).out_dim,
-            creds=store_creds(settings, secrets),
+            creds=creds,
             mode=settings.store.search,
             exact_max_rows=settings.store.exact_max_rows,
             preload=False,
         )
-        stack.callback(store.close)
+
+    with ExitStack() as stack:
+        stack.enter_context(writer_lock(path, connection))
+        existed = DeepLakeStore.exists(path, creds=creds)
+        store = None
+        if existed and not overwrite:
+            store = open_store()  # another model's dataset fails here, before the model loads
+            stack.callback(store.close)
         uploader = None
         if settings.s3.upload_images:
             assert settings.s3.bucket is not None  # checked by S3Settings
@@ -92,15 +111,49 @@ def run_ingest(
                 ImageUploader(connection, settings.s3.bucket, settings.s3.prefix, settings.s3.upload_threads)
             )
         encoder = Encoder.load(settings.model, settings.limits, progress=progress)
-        summary = ingest(
-            source,
-            store=store,
-            encoder=encoder,
-            batch_size=batch_size or settings.ingest.batch_size,
-            workers=settings.ingest.workers if workers is None else workers,
-            uploader=uploader,
-            keep_jpeg=settings.s3.keep_in_dataset,
-            progress=progress,
-        )
-        index = refresh_index(store, summary.added, settings.store)
+        created = store is None
+        if store is None:
+            if existed:
+                _delete_for_overwrite(path, creds, notify, settings.model.name)
+            store = open_store()
+            stack.callback(store.close)
+        try:
+            summary = ingest(
+                source,
+                store=store,
+                encoder=encoder,
+                batch_size=batch_size or settings.ingest.batch_size,
+                workers=settings.ingest.workers if workers is None else workers,
+                uploader=uploader,
+                keep_jpeg=settings.s3.keep_in_dataset,
+                progress=progress,
+                sync=sync,
+            )
+        except BaseException:
+            if created and store.info.rows == 0:
+                _remove_new_dataset(store, path, creds)
+            raise
+        index = refresh_index(store, summary.added + summary.updated, settings.store)
     return IngestReport(summary, index)
+
+
+def _delete_for_overwrite(path: str, creds: dict | None, notify: Callable[[str], None], model: str) -> None:
+    """`--overwrite`: delete the dataset at `path`, saying what is deleted."""
+    try:
+        with DeepLakeStore.open(path, creds=creds, preload=False) as old:
+            what = f"{old.info.rows} rows, model '{old.info.model_name}'"
+    except Exception as exc:  # noqa: BLE001 - whatever it is, it is being replaced
+        what = f"unreadable: {exc}"
+    DeepLakeStore.delete_dataset(path, creds=creds)
+    notify(f"--overwrite: deleted dataset {path} ({what}); rebuilding it with model '{model}'")
+
+
+def _remove_new_dataset(store: DeepLakeStore, path: str, creds: dict | None) -> None:
+    """Delete the dataset this run created when it failed before its first commit."""
+    store.close()
+    try:
+        DeepLakeStore.delete_dataset(path, creds=creds)
+    except Exception:  # noqa: BLE001 - the run's own error is the one to report
+        log.exception("could not remove the empty dataset %s this failed run created", path)
+    else:
+        log.warning("removed the empty dataset %s this failed run created", path)

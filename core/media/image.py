@@ -88,8 +88,15 @@ def _bomb_error(exc: Exception, limits: MediaLimits) -> MediaTooLargeError:
 
 @functools.cache
 def _allowed_formats() -> tuple[str, ...]:
-    """The wanted formats this Pillow can open (asking for an unknown one is an error)."""
+    """The wanted formats this Pillow can open (asking for an unknown one is an error); HEIF
+    through pillow-heif when it is installed (a dependency; AVIF is Pillow's own since 11)."""
     Image.init()
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        pass
+    else:
+        register_heif_opener()
     return tuple(name for name in _WANTED_FORMATS if name in Image.OPEN)
 
 

@@ -11,7 +11,10 @@ from typing import Literal
 
 MediaKind = Literal["image", "audio"]
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+# HEIC/HEIF (phone photos) are read through pillow-heif, AVIF by Pillow itself (11+).
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+)
 AUDIO_SUFFIXES = frozenset({".ogg", ".oga", ".opus", ".mp3", ".m4a", ".mp4", ".aac", ".wav", ".flac", ".webm"})
 # Chat clips come in video containers; they count as audio.
 _AUDIO_VIDEO_TYPES = ("video/mp4", "video/webm", "video/quicktime")

@@ -9,6 +9,10 @@ A collection is one DeepLake dataset:
   DeepLake tools still see an image); `width`, `height` (int32).
 - metadata: `model_name`, `dim`, `schema_version`. Opening with `expect_model=` refuses a
   dataset built by another model (`ModelMismatchError`).
+- `content_hash` (text): what the row's source file was when it was read (`sha256:<hex>` of
+  its bytes, or `etag:<ETag>` for S3), so `search-all ingest --sync` can tell a changed file.
+  Datasets from before it lack the column: they open as they are, and a writable open adds it
+  (empty for the old rows, which a sync then re-reads).
 
 Search. DeepLake's TQL scans every row unless its index has been built, many times slower than a
 matrix product over the normalised embeddings (benchmarks/README.md, store). So in
@@ -30,7 +34,9 @@ into DeepLake hold the read side of a readers-writer lock, and `append` / `refre
 `build_index` its write side.
 
 Writing. `append` validates, appends in one batch and commits (uncommitted rows die with the
-process). Writable handles switch DeepLake's automatic index building off, because at about
+process). `upsert` replaces the rows of ids already present and `delete_ids` removes rows, each
+in one commit; rows after a removed one move up, so a handle that sees such a commit reloads
+everything (`_only_appends_since`). Writable handles switch DeepLake's automatic index building off, because at about
 1M rows it silently turns a commit of a second into minutes (benchmarks/README.md, store);
 build it deliberately with `build_index()` when the index path is wanted.
 """
@@ -71,6 +77,7 @@ SCHEMA_VERSION = 1
 SearchMode = Literal["auto", "exact", "index"]
 _HIT_COLUMNS = ("id", "text", "source", "s3_key", "width", "height")
 _READ_CHUNK_ROWS = 65_536  # embeddings normalised per read: bounds the extra memory of a load
+HASH_COLUMN = "content_hash"
 
 
 class SearchTuning(TypedDict, total=False):
@@ -94,6 +101,12 @@ def _schema(dim: int) -> dict[str, Any]:
         "width": types.Int32(),
         "height": types.Int32(),
     }
+
+
+def _optional_schema() -> dict[str, Any]:
+    """Columns added after schema version 1: absent from older datasets, added when a writer
+    opens one (`_add_optional_columns`); readers do without them."""
+    return {HASH_COLUMN: types.Text()}
 
 
 class _ReadWriteLock:
@@ -296,7 +309,8 @@ class DeepLakeStore:
             # created, then the process died before the first commit stamped it: finish it
             log.warning("dataset %s is an empty, unstamped shell (an interrupted create): finishing it", path)
             _stamp(ds, model_name, dim)
-        _check_metadata(ds, path, model_name)
+        _check_metadata(ds, path, model_name, action="ingesting into it")
+        _add_optional_columns(ds, path)
         store = cls(ds, path=path, read_only=False, **tuning)
         if store._dim != dim:
             raise StoreError(
@@ -304,6 +318,21 @@ class DeepLakeStore:
                 f" gives {dim}-d ones: use another dataset path"
             )
         return store
+
+    @staticmethod
+    def exists(path: str, *, creds: Mapping[str, str | None] | None = None) -> bool:
+        try:
+            return bool(deeplake.exists(path, creds=_clean_creds(creds)))
+        except Exception as exc:
+            raise StoreError(f"cannot reach dataset {path}: {exc}") from exc
+
+    @staticmethod
+    def delete_dataset(path: str, *, creds: Mapping[str, str | None] | None = None) -> None:
+        """Delete the whole dataset at `path` (no handle may be open on it)."""
+        try:
+            deeplake.delete(path, creds=_clean_creds(creds))
+        except Exception as exc:
+            raise StoreError(f"cannot delete dataset {path}: {exc}") from exc
 
     # ----- VectorStore -----------------------------------------------------------------------
 
@@ -321,13 +350,92 @@ class DeepLakeStore:
             read_only=self._read_only,
         )
 
-    def append(self, records: Sequence[Record]) -> int:
-        """One batch, one commit."""
+    def append(self, records: Sequence[Record], *, content_hashes: Sequence[str] | None = None) -> int:
+        """One batch, one commit; `content_hashes[i]` is `records[i]`'s (see the module docstring)."""
         if self._read_only:
             raise StoreError(f"dataset {self._path} was opened read-only: open it for writing")
         if not records:
             return 0
+        data = self._columns(records, content_hashes)
+        with self._lock.write():
+            state = self._current()
+            taken = [r.id for r in records if r.id in state.row_of]
+            if taken:
+                raise StoreError(
+                    f"{len(taken)} id(s) already in dataset {self._path}, e.g. {taken[0]!r}:"
+                    " skip them (existing_ids) before appending"
+                )
+            self._write(state, data, (), f"Search All: append {len(records)} records")
+        return len(records)
+
+    def upsert(
+        self, records: Sequence[Record], *, content_hashes: Sequence[str] | None = None
+    ) -> tuple[int, int]:
+        """Write `records`, replacing the rows of ids already present, in one commit; the
+        numbers `(added, replaced)`."""
+        if self._read_only:
+            raise StoreError(f"dataset {self._path} was opened read-only: open it for writing")
+        if not records:
+            return 0, 0
+        data = self._columns(records, content_hashes)
+        with self._lock.write():
+            state = self._current()
+            wanted = {r.id for r in records}
+            old = [row for row, id_ in enumerate(state.ids) if id_ in wanted]
+            replaced = len({state.ids[row] for row in old})
+            self._write(
+                state, data, old,
+                f"Search All: write {len(records)} records ({replaced} replaced)",
+            )
+        return len(records) - replaced, replaced
+
+    def delete_ids(self, ids: Sequence[str]) -> int:
+        """Remove every row of `ids` in one commit; the number of ids removed."""
+        if self._read_only:
+            raise StoreError(f"dataset {self._path} was opened read-only: open it for writing")
+        wanted = set(ids)
+        with self._lock.write():
+            state = self._current()
+            rows = [row for row, id_ in enumerate(state.ids) if id_ in wanted]
+            if not rows:
+                return 0
+            removed = len({state.ids[row] for row in rows})
+            self._write(state, None, rows, f"Search All: remove {removed} records")
+        return removed
+
+    def content_hashes(self) -> dict[str, str]:
+        """`{id: content_hash}` of every row ("" for rows written before the column existed)."""
+        state = self._current()
+        with self._lock.read():
+            ds = self._open_ds()
+            has = HASH_COLUMN in {col.name for col in ds.schema.columns}
+            values = ds[HASH_COLUMN][: state.rows] if has and state.rows else [""] * state.rows
+        out: dict[str, str] = {}
+        for id_, value in zip(state.ids, values, strict=True):
+            out.setdefault(id_, _text(value))
+        return out
+
+    def _write(self, state: _State, data: dict[str, Any] | None, delete_rows: Sequence[int], message: str) -> None:
+        """Delete `delete_rows`, append `data`, commit; roll back on failure. Write lock held."""
+        ds = self._open_ds()
+        try:
+            for row in sorted(delete_rows, reverse=True):  # later rows move up at each delete
+                ds.delete(row)
+            if data is not None:
+                ds.append(data)
+            ds.commit(message)
+        except Exception as exc:
+            try:
+                ds.rollback()
+            except Exception:  # noqa: BLE001 - the write error is the one to report
+                log.exception("rollback after a failed write failed too")
+            raise StoreError(f"cannot write to dataset {self._path}: {exc}") from exc
+        self._state = self._advance(state, want_table=state.table is not None)
+
+    def _columns(self, records: Sequence[Record], content_hashes: Sequence[str] | None) -> dict[str, Any]:
         matrix = records_matrix(records, self._dim)
+        if content_hashes is not None and len(content_hashes) != len(records):
+            raise ValueError(f"{len(content_hashes)} content hashes for {len(records)} records")
         data = {
             "id": [r.id for r in records],
             "embedding": matrix,
@@ -339,25 +447,11 @@ class DeepLakeStore:
             "width": np.array([r.width for r in records], dtype=np.int32),
             "height": np.array([r.height for r in records], dtype=np.int32),
         }
-        with self._lock.write():
-            state = self._current()
-            taken = [r.id for r in records if r.id in state.row_of]
-            if taken:
-                raise StoreError(
-                    f"{len(taken)} id(s) already in dataset {self._path}, e.g. {taken[0]!r}:"
-                    " skip them (existing_ids) before appending"
-                )
-            try:
-                self._ds.append(data)
-                self._ds.commit(f"Search All: append {len(records)} records")
-            except Exception as exc:
-                try:
-                    self._ds.rollback()
-                except Exception:  # noqa: BLE001 - the append error is the one to report
-                    log.exception("rollback after a failed append failed too")
-                raise StoreError(f"cannot write to dataset {self._path}: {exc}") from exc
-            self._state = self._advance(state, want_table=state.table is not None)
-        return len(records)
+        if HASH_COLUMN in {col.name for col in self._open_ds().schema.columns}:
+            data[HASH_COLUMN] = list(content_hashes or [""] * len(records))
+        elif content_hashes is not None and any(content_hashes):
+            raise StoreError(f"dataset {self._path} has no {HASH_COLUMN} column: open it for writing first")
+        return data
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
         row_of = self._current().row_of
@@ -599,7 +693,7 @@ def _stamp(ds: Any, model_name: str, dim: int) -> None:
     """Give a new (or empty, unstamped) dataset the collection's columns and metadata, in one
     commit: a crash before it leaves an empty shell, which `open_or_create` finishes."""
     present = {col.name for col in ds.schema.columns}
-    for name, dtype in _schema(dim).items():
+    for name, dtype in {**_schema(dim), **_optional_schema()}.items():
         if name not in present:
             ds.add_column(name, dtype)
     ds.metadata["model_name"] = model_name
@@ -614,7 +708,19 @@ def _is_empty_shell(ds: Any) -> bool:
     meta = ds.metadata
     if any(key in meta for key in ("model_name", "dim", "schema_version")) or len(ds):
         return False
-    return {col.name for col in ds.schema.columns} <= set(_schema(1))
+    return {col.name for col in ds.schema.columns} <= set(_schema(1)) | set(_optional_schema())
+
+
+def _add_optional_columns(ds: Any, path: str) -> None:
+    """Give a dataset written by an older version the columns added since, in one commit."""
+    present = {col.name for col in ds.schema.columns}
+    missing = {name: dtype for name, dtype in _optional_schema().items() if name not in present}
+    if not missing:
+        return
+    for name, dtype in missing.items():
+        ds.add_column(name, dtype)
+    ds.commit(f"Search All: add column(s) {', '.join(missing)}")
+    log.info("dataset %s: added the column(s) %s", path, ", ".join(missing))
 
 
 _LOG_DIR = "_deeplake_log"
@@ -655,7 +761,9 @@ def repair_log_counters(path: str) -> list[str]:
     return repaired
 
 
-def _check_metadata(ds: Any, path: str, expect_model: str | None) -> None:
+def _check_metadata(ds: Any, path: str, expect_model: str | None, *, action: str = "searching it") -> None:
+    """Refuse what is not a collection this program can use; `action`, what the caller was
+    about to do (for the model mismatch message)."""
     meta = ds.metadata
     missing = [key for key in ("model_name", "dim", "schema_version") if key not in meta]
     if missing:
@@ -674,8 +782,14 @@ def _check_metadata(ds: Any, path: str, expect_model: str | None) -> None:
         raise StoreError(f"dataset {path} lacks the column(s) {', '.join(absent)}")
     built_with = str(meta["model_name"])
     if expect_model is not None and built_with != expect_model:
+        if action == "searching it":
+            raise ModelMismatchError(
+                f"dataset {path} was built with model '{built_with}'; searching it with"
+                f" '{expect_model}' would give meaningless results: rebuild it or pass"
+                f" --model {built_with}"
+            )
         raise ModelMismatchError(
-            f"dataset {path} was built with model '{built_with}'; searching it with"
-            f" '{expect_model}' would give meaningless results: rebuild it or pass"
-            f" --model {built_with}"
+            f"dataset {path} was built with model '{built_with}'; {action} with"
+            f" '{expect_model}' would mix two models' embeddings: pass --model {built_with}, or"
+            f" --overwrite to delete it and rebuild it with '{expect_model}'"
         )

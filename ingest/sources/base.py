@@ -9,8 +9,10 @@ and that item is counted as failed.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Protocol
 
 
@@ -21,6 +23,7 @@ class ItemRef:
     id: str
     text: str = ""
     locator: str | int = ""  # a relative path, an S3 key, a row number: the source's business
+    version: str = ""  # the content's version when listing tells it (an S3 ETag), else ""
 
 
 class Source(Protocol):
@@ -32,3 +35,8 @@ class Source(Protocol):
     def refs(self) -> Iterator[ItemRef]: ...
 
     def read(self, ref: ItemRef) -> bytes: ...
+
+
+def count_suffix(counter: Counter[str], name: str) -> None:
+    """Count a file a source passes over by its type, under its suffix."""
+    counter[PurePosixPath(name.lower()).suffix or "(no suffix)"] += 1

@@ -14,15 +14,16 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import BadInputError
 from core.media.kinds import is_image_name
 from core.media.sizes import human_bytes
 from core.store.base import FOLDER_SOURCE_PREFIX
-from ingest.sources.base import ItemRef
+from ingest.sources.base import ItemRef, count_suffix
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ class FolderSource:
     root: Path
     follow_links: bool = False
     max_bytes: int | None = None
+    # files passed over by their type in the last listing, by suffix ("(no suffix)" for none)
+    not_images: Counter[str] = field(default_factory=Counter, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -39,7 +42,15 @@ class FolderSource:
 
     def refs(self) -> Iterator[ItemRef]:
         root = self.root.resolve()
-        paths = sorted(p for p in self.root.rglob("*") if is_image_name(p.name) and p.is_file())
+        self.not_images.clear()
+        paths = []
+        for p in self.root.rglob("*"):
+            if is_image_name(p.name):
+                if p.is_file():
+                    paths.append(p)
+            elif not p.name.startswith(".") and p.is_file():  # hidden files go unmentioned
+                count_suffix(self.not_images, p.name)
+        paths.sort()
         for path in paths:
             relative = path.relative_to(self.root).as_posix()
             if not self.follow_links and not path.resolve().is_relative_to(root):

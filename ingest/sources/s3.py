@@ -8,14 +8,15 @@ builds its own client (`S3Connection.client`).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.errors import BadInputError
 from core.media.kinds import is_image_name
 from core.s3.client import S3Connection, describe_s3_error
-from ingest.sources.base import ItemRef
+from ingest.sources.base import ItemRef, count_suffix
 
 _S3_ERROR_MODULES = ("botocore", "boto3", "urllib3")
 
@@ -37,6 +38,8 @@ class S3Source:
     prefix: str
     connection: S3Connection
     page_size: int = 1000  # keys per list request; S3 returns at most 1000
+    # keys passed over by their type in the last listing, by suffix ("(no suffix)" for none)
+    not_images: Counter[str] = field(default_factory=Counter, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -59,7 +62,9 @@ class S3Source:
                 for entry in page.get("Contents", ()):
                     key = entry["Key"]
                     if is_image_name(key):
-                        yield ItemRef(id=key, locator=key)
+                        yield ItemRef(id=key, locator=key, version=str(entry.get("ETag", "")).strip('"'))
+                    elif not key.endswith("/"):
+                        count_suffix(self.not_images, key)
 
     def read(self, ref: ItemRef) -> bytes:
         with _s3_errors(f"read s3://{self.bucket}/{ref.locator}"):
