@@ -240,6 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--port", type=int, help="port (default 7860)")
     _common(web)
     web.set_defaults(run=_run_web)
+
+    serve = commands.add_parser(
+        "serve", help="the Discord bot, the Slack app and the web page (each when configured) on one model"
+    )
+    serve.add_argument("--web", action=argparse.BooleanOptionalAction, default=None,
+                       help="also serve the web page (default: [web] enabled)")
+    serve.add_argument(
+        "--sync", nargs="?", const=True, default=False, type=int, metavar="GUILD_ID",
+        help="register the Discord slash commands first: globally, or in the server GUILD_ID at once",
+    )
+    _common(serve)
+    serve.set_defaults(run=_run_serve)
     return parser
 
 
@@ -265,6 +277,13 @@ def _run_web(args: argparse.Namespace) -> int:
     settings = _settings(args)
     port = settings.web.port if args.port is None else args.port
     run_web(settings, host=args.host or settings.web.host, port=port)
+    return 0
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from bot.serve import run_serve
+
+    run_serve(_settings(args), Secrets.from_env(), web=args.web, sync=args.sync)
     return 0
 
 
@@ -298,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(with_dash_values(argv, option_strings(parser)))
-    level = logging.INFO if args.verbose or args.command in ("bot", "web") else logging.WARNING
+    level = logging.INFO if args.verbose or args.command in ("bot", "web", "serve") else logging.WARNING
     secrets = Secrets.from_env().values()
     setup_logging(level=level, secrets=secrets)
     log_format = "text"

@@ -216,13 +216,17 @@ class OpsSettings(_Section):
     health_port: int = Field(default=9090, ge=0, le=65535)
     # How often a running bot looks for rows added to the dataset (by an ingest); 0 = never.
     refresh_seconds: float = Field(default=60.0, ge=0)
+    # On SIGTERM / SIGINT: seconds the front ends get to answer what is in flight before closing.
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
 
 
 class WebSettings(_Section):
-    """The local web page (`search-all web`)."""
+    """The local web page (`search-all web`, or `search-all serve` with the bots)."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=7860, ge=0, le=65535)
+    # `search-all serve` also serves the page (`--web` / `--no-web` override); `search-all web` always does.
+    enabled: bool = False
 
 
 class Settings(_Section):

@@ -1,8 +1,10 @@
 """The Discord bot: `/search`, two message context menus, mentions and DMs, result buttons.
 
 `run_discord` is what `search-all bot discord [--sync [GUILD_ID]]` runs: it opens the search
-service and serves until stopped. `open_discord_bot` builds a bot around an open `SearchService`
-(tests drive it against a local fake Discord). Slash commands are registered with Discord only
+service and serves until stopped (SIGTERM or Ctrl+C: `SearchBot.shut_down` refuses new requests,
+lets those in flight finish for `[ops] shutdown_grace_seconds`, closes the gateway; exit 0).
+`open_discord_bot` builds a bot around an open `SearchService` (tests drive it against a local
+fake Discord); `running_discord_bot` runs one (also inside `search-all serve`, bot/serve.py). Slash commands are registered with Discord only
 when asked (`sync=True` globally, `sync=GUILD_ID` in one server at once, for development):
 Discord rate-limits command updates, so not on every start.
 
@@ -27,7 +29,7 @@ from discord.ext import commands
 
 from bot.discord.cog import SearchCog, answer_command_error
 from bot.discord.render import ActionButton
-from bot.ops import serve_ops
+from bot.ops import serve_ops, stop_on_signals, until_stopped
 from core.config import Secrets, Settings
 from core.errors import ConfigError
 from core.service import SearchService
@@ -79,6 +81,7 @@ class SearchBot(commands.Bot):
         self.cog = SearchCog(self, settings, service, session)
         self.sync_commands = sync
         self.announced = False
+        self.gateway_up = False  # READY or RESUMED seen, and no disconnect since
         self.tree.error(self.on_tree_error)
 
     async def setup_hook(self) -> None:
@@ -113,6 +116,31 @@ class SearchBot(commands.Bot):
     async def on_message(self, message: discord.Message) -> None:
         """No prefix commands: the cog's listener answers mentions and DMs."""
 
+    async def on_connect(self) -> None:
+        self.gateway_up = True
+
+    async def on_resumed(self) -> None:
+        self.gateway_up = True
+
+    async def on_disconnect(self) -> None:
+        self.gateway_up = False
+
+    async def health(self) -> tuple[bool, str]:
+        """For /healthz: is the gateway connected (discord.py reconnects by itself after a drop)."""
+        up = self.gateway_up and not self.is_closed()
+        return up, "connected" if up else "disconnected"
+
+    async def shut_down(self, grace_s: float) -> None:
+        """Refuse new requests, give those in flight `grace_s` seconds to be answered, close."""
+        self.cog.closing = True
+        in_flight = set(self.cog.in_flight)
+        if in_flight:
+            log.info("shutting down: answering %d requests in flight", len(in_flight))
+            _, late = await asyncio.wait(in_flight, timeout=grace_s)
+            if late:
+                log.warning("shutting down: %d requests not answered within %.0f s", len(late), grace_s)
+        await self.close()
+
     async def on_tree_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         """Errors of the context menus and of commands the bot does not know; the cog's own
         commands were answered by `SearchCog.cog_app_command_error`."""
@@ -133,28 +161,60 @@ async def open_discord_bot(
                 yield bot
 
 
+async def connect(bot: SearchBot, token: str) -> None:
+    """`bot.start`, until the bot is closed; set-up mistakes (a wrong token, a refused intent)
+    are a `ConfigError` naming the fix."""
+    try:
+        await bot.start(token)
+    except discord.LoginFailure:
+        raise ConfigError(BAD_TOKEN) from None
+    except discord.PrivilegedIntentsRequired:
+        raise ConfigError(INTENT_REFUSED) from None
+
+
+@asynccontextmanager
+async def running_discord_bot(
+    settings: Settings, service: SearchService, token: str, *, sync: Sync = False, **options: Any
+) -> AsyncIterator[tuple[SearchBot, asyncio.Task]]:
+    """The bot connecting (the task ends when it is closed, or raises a set-up `ConfigError`);
+    on exit it is shut down: new requests refused, those in flight answered (bounded), closed."""
+    async with open_discord_bot(settings, service, sync=sync, **options) as bot:
+        task = asyncio.create_task(connect(bot, token), name="discord gateway")
+        try:
+            yield bot, task
+        finally:
+            await bot.shut_down(settings.ops.shutdown_grace_seconds)
+            if not task.done():
+                await asyncio.wait({task}, timeout=10)
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled() and task.exception() is not None:
+                log.debug("the Discord connection ended with %r", task.exception())
+
+
 async def serve_discord(settings: Settings, service: SearchService, token: str, *, sync: Sync = False,
-                        **options: Any) -> None:
-    """Run the bot, with /healthz and /metrics on `[ops] health_host:health_port`, until it is
-    closed. Set-up mistakes (a wrong token, a refused intent) are a `ConfigError` naming the fix."""
-    async with serve_ops(service, settings.ops.health_host, settings.ops.health_port):
-        async with open_discord_bot(settings, service, sync=sync, **options) as bot:
-            try:
-                await bot.start(token)
-            except discord.LoginFailure:
-                raise ConfigError(BAD_TOKEN) from None
-            except discord.PrivilegedIntentsRequired:
-                raise ConfigError(INTENT_REFUSED) from None
+                        stop: asyncio.Event | None = None, **options: Any) -> None:
+    """Run the bot, with /healthz and /metrics on `[ops] health_host:health_port`, until `stop`
+    is set (then shut down cleanly) or the bot is closed. Set-up mistakes (a wrong token, a
+    refused intent) are a `ConfigError` naming the fix."""
+    frontends: dict[str, Any] = {}
+    async with serve_ops(service, settings.ops.health_host, settings.ops.health_port, frontends):
+        async with running_discord_bot(settings, service, token, sync=sync, **options) as (bot, task):
+            frontends["discord"] = bot.health
+            await until_stopped(stop or asyncio.Event(), task)
 
 
 def run_discord(settings: Settings, secrets: Secrets, *, sync: Sync) -> None:
-    """`search-all bot discord`: the token from DISCORD_TOKEN (never logged); blocks until stopped."""
+    """`search-all bot discord`: the token from DISCORD_TOKEN (never logged); blocks until
+    SIGTERM or Ctrl+C, then shuts down cleanly (exit 0)."""
     token = secrets.require("discord_token")
 
     async def main() -> None:
         from core.startup import open_search_service
 
-        async with open_search_service(settings, secrets=secrets) as service:
-            await serve_discord(settings, service, token, sync=sync)
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            async with open_search_service(settings, secrets=secrets) as service:
+                await serve_discord(settings, service, token, sync=sync, stop=stop)
 
     asyncio.run(main())

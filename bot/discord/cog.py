@@ -55,6 +55,14 @@ AUDIO_MENU = "Search with this audio"
 OUT_OF_DATE = "This command does not match the bot: ask its admin to run `search-all bot discord --sync`"
 DEFAULT_UPLOAD_LIMIT = discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
 NOTHING_TO_SEARCH = "mention me with some words, an image or a voice message to search for"
+SHUTTING_DOWN = "the bot is restarting: try again in a minute"
+
+
+class ShuttingDownError(SearchAllError):
+    """A request that arrived after the bot began to shut down (it answers what it took already)."""
+
+    def __init__(self) -> None:
+        super().__init__(SHUTTING_DOWN)
 
 
 class Refused(app_commands.CheckFailure):
@@ -117,6 +125,8 @@ class SearchCog(commands.Cog):
         self.service = service
         self.session = session
         self.admission = Admission(settings, per_message=MAX_EMBEDS)
+        self.closing = False  # set on shutdown: new requests are refused, those admitted finish
+        self.in_flight: set[asyncio.Task] = set()  # the tasks answering admitted requests
         self.menus = [
             app_commands.ContextMenu(name=IMAGE_MENU, callback=self.with_image),
             app_commands.ContextMenu(name=AUDIO_MENU, callback=self.with_audio),
@@ -133,7 +143,15 @@ class SearchCog(commands.Cog):
     # ------------------------------------------------------------------ the door
 
     def admit(self, *, user_id: int, guild_id: int | None, channel_id: int | None, parent_id: int | None) -> None:
-        """The allow-lists of `[discord]` (a DM is in no listed guild or channel), then the rate limit."""
+        """The allow-lists of `[discord]` (a DM is in no listed guild or channel), then the rate limit.
+        Every request passes here first, in the task that answers it: that task is counted in flight
+        (shutdown waits for it), or, once shutdown began, the request is refused."""
+        if self.closing:
+            raise ShuttingDownError()
+        task = asyncio.current_task()
+        if task is not None and task not in self.in_flight:
+            self.in_flight.add(task)
+            task.add_done_callback(self.in_flight.discard)
         allowed = self.settings.discord
         self.admission.admit(
             f"discord:{user_id}",

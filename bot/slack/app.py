@@ -141,6 +141,7 @@ class SlackBot:
         self.recent_events = RecentKeys()
         self.recent_signatures = RecentKeys(REPLAY_TTL_S, REPLAY_MAX_KEYS)
         self.address: tuple[str, int] | None = None  # HTTP mode: where /slack/events listens
+        self.socket_mode_client: Any = None  # Socket Mode: slack_sdk's client, while connected
         self._tasks: set[asyncio.Task[None]] = set()
         self.app.middleware(self._skip_replays)
         self.app.middleware(self._skip_repeated_events)
@@ -156,10 +157,21 @@ class SlackBot:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def drain(self) -> None:
-        """Wait until every answer started so far has been sent."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until every answer started so far has been sent (at most `timeout` seconds)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self._tasks:
+                    await asyncio.gather(*self._tasks, return_exceptions=True)
+        except TimeoutError:
+            log.warning("shutting down: %d answers not sent within %.0f s", len(self._tasks), timeout)
+
+    async def health(self) -> tuple[bool, str]:
+        """For /healthz: Socket Mode connected, or the HTTP listener listening."""
+        if self.socket_mode_client is not None:
+            up = await self.socket_mode_client.is_connected()
+            return up, "connected" if up else "disconnected"
+        return (True, "listening") if self.address else (False, "not listening")
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -361,7 +373,9 @@ def events_web_app(bot: SlackBot, port: int) -> web.Application:
 async def running_slack_bot(
     service: SearchService, settings: Settings, secrets: Secrets, *, socket_mode: bool
 ) -> AsyncIterator[SlackBot]:
-    """The bot connected (Socket Mode) or listening on `[slack] host/port` (HTTP) until exit."""
+    """The bot connected (Socket Mode) or listening on `[slack] host/port` (HTTP) until exit;
+    then it takes no new events (the socket or listener closes first) and gets `[ops]
+    shutdown_grace_seconds` to send the answers in flight before the rest is cancelled."""
     async with aiohttp.ClientSession() as session:
         bot = SlackBot(service, settings, secrets, session=session, socket_mode=socket_mode)
         try:
@@ -372,6 +386,7 @@ async def running_slack_bot(
                     bot.app, secrets.require("slack_app_token"), web_client=bot.client
                 )
                 await handler.connect_async()
+                bot.socket_mode_client = handler.client
                 try:
                     yield bot
                 finally:
@@ -386,6 +401,8 @@ async def running_slack_bot(
                     yield bot
                 finally:
                     await runner.cleanup()
+                    bot.address = None
+            await bot.drain(settings.ops.shutdown_grace_seconds)
         finally:
             await bot.close()
 
@@ -405,7 +422,8 @@ async def serve_slack(
 
     async with open_search_service(settings, secrets=secrets) as service:
         async with running_slack_bot(service, settings, secrets, socket_mode=socket_mode) as bot:
-            async with serve_ops(service, settings.ops.health_host, settings.ops.health_port):
+            async with serve_ops(service, settings.ops.health_host, settings.ops.health_port,
+                                 {"slack": bot.health}):
                 if bot.address:
                     where = f"listening on http://{bot.address[0]}:{bot.address[1]}{EVENTS_PATH}"
                 else:

@@ -363,6 +363,11 @@ class FakeDiscord:
     async def wait_connected(self, count: int = 1, timeout: float = 20.0) -> None:
         await self.wait_for(lambda: sum(s.ready for s in self._sessions) >= count, timeout)
 
+    async def drop_gateway(self) -> None:
+        """Close every gateway connection (a network drop); a RESUME afterwards is left unanswered."""
+        for session in list(self._sessions):
+            await session.ws.close()
+
     async def dispatch(self, event: str, data: Json) -> None:
         """Send a gateway event to every identified session."""
         sessions = [s for s in self._sessions if s.ready]
