@@ -190,10 +190,15 @@ def encode_audio(
     samples: np.ndarray, fmt: str, sample_rate: int | None = None, channels: int = 1
 ) -> bytes:
     """Encode mono float samples (at the format's rate unless given) into `fmt`."""
+    return encode_channels(np.repeat(samples[None, :], channels, axis=0), fmt, sample_rate)
+
+
+def encode_channels(planar: np.ndarray, fmt: str, sample_rate: int | None = None) -> bytes:
+    """Encode float samples `[channels, n]` (1 or 2 channels: mono or stereo) into `fmt`."""
     spec = AUDIO_FORMATS[fmt]
     rate = sample_rate or spec.sample_rate
-    layout = "mono" if channels == 1 else "stereo"
-    planar = np.repeat(samples[None, :], channels, axis=0).astype(np.float32)
+    layout = {1: "mono", 2: "stereo"}[planar.shape[0]]
+    planar = planar.astype(np.float32)
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=spec.container) as output:
         stream = output.add_stream(spec.codec, rate=rate)
@@ -210,6 +215,18 @@ def encode_audio(
         for packet in stream.encode(None):
             output.mux(packet)
     return buffer.getvalue()
+
+
+def decode_native(data: bytes) -> tuple[np.ndarray, int]:
+    """Float32 samples `[channels, n]` at the file's own rate, scaled as `torchaudio.load` scales
+    them (16-bit PCM `x / 32768`), and that rate: what upstream ImageBind's loader starts from."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=stream.rate)
+        frames = [out.to_ndarray() for frame in container.decode(stream)
+                  for out in resampler.resample(frame)]  # fmt: skip
+        frames += [out.to_ndarray() for out in resampler.resample(None)]
+        return np.concatenate(frames, axis=1), stream.rate
 
 
 def make_audio(

@@ -6,6 +6,9 @@
   `imagebind_huge` restricted to the text, vision and audio towers (so the official checkpoint
   loads strictly); parameter counts are pinned.
 - our tiny random weights are the same in two builds and in another process.
+- audio preprocessing: a 44.1 or 48 kHz file decoded by `core.media.audio` and cut into clips
+  by `core.imagebind.transforms` gives upstream's `load_and_transform_audio_data` clips (fed the
+  same decoded samples) to 1e-4.
 """
 
 from __future__ import annotations
@@ -17,13 +20,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torchaudio.functional
 from torch import nn
 
+from core.config import MediaLimits
 from core.imagebind.configs import MODALITIES, MODEL_CONFIGS
 from core.imagebind.model import ImageBind, build_imagebind
-from tests.reference_imagebind import reference_model_module
+from core.imagebind.transforms import waveform_to_clips
+from core.media.audio import decode_audio
+from tests import media_factory as mf
+from tests.reference_imagebind import reference_data_module, reference_model_module
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = MODEL_CONFIGS["tiny"]
@@ -296,3 +305,62 @@ def test_bfloat16_weights_stay_close_to_float32(inputs: dict[str, torch.Tensor])
     for modality in MODALITIES:
         cosine = nn.functional.cosine_similarity(full[modality], half[modality].float(), dim=-1)
         assert (cosine > 0.99).all(), (modality, cosine)
+
+
+# --------------------------------------------------------------------------- audio preprocessing
+
+
+def upstream_audio_clips(
+    monkeypatch: pytest.MonkeyPatch, waveform: np.ndarray, rate: int
+) -> torch.Tensor:
+    """Upstream's `load_and_transform_audio_data` on `waveform` (`[channels, n]` at `rate`):
+    its `torchaudio.load` is given the decoded samples, everything after it is upstream's own
+    (`torchaudio.functional.resample` to 16 kHz, clip sampler, filterbank, normalisation)."""
+    data = reference_data_module()
+    monkeypatch.setattr(
+        data.torchaudio, "load", lambda path: (torch.tensor(waveform, dtype=torch.float32), rate)
+    )
+    clips = data.load_and_transform_audio_data(["decoded.wav"], device="cpu")
+    monkeypatch.undo()
+    return clips[0]
+
+
+def parity_clip(rate: int, seconds: float = 9.5) -> np.ndarray:
+    """Noise (all of the band, where resamplers differ most), a tone and a DC offset."""
+    noise = mf.waveform(seconds, rate, "noise", amplitude=0.6, seed=rate)
+    tone = mf.waveform(seconds, rate, "sine", frequency=330.0, amplitude=0.3)
+    return np.clip(noise + tone + np.float32(0.02), -1.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "rate", "channels"),
+    [
+        ("wav", 44_100, 1),
+        ("flac", 44_100, 1),
+        ("wav", 48_000, 1),
+        ("flac", 48_000, 1),
+        ("wav", 44_100, 2),
+    ],
+    ids=["wav-44.1k", "flac-44.1k", "wav-48k", "flac-48k", "wav-44.1k-stereo-alike"],
+)
+def test_decoded_audio_clips_match_upstreams_loader(
+    monkeypatch: pytest.MonkeyPatch, fmt: str, rate: int, channels: int
+) -> None:
+    """A file decoded and cut into clips as we do gives upstream's filterbank clips to 1e-4.
+
+    Upstream resamples with `torchaudio.functional.resample` (FFmpeg's resampler differed by up
+    to 0.15); for a stereo clip whose channels are alike, the mean of the channels is upstream's
+    left channel (FFmpeg's mono mix-down, (L + R) / sqrt(2), was 3 dB louder).
+    """
+    data = mf.encode_audio(parity_clip(rate), fmt, sample_rate=rate, channels=channels)
+    native, native_rate = mf.decode_native(data)
+    assert native.shape[0] == channels and native_rate == rate
+    expected_clips = upstream_audio_clips(monkeypatch, native, rate)
+    expected_waveform = torchaudio.functional.resample(torch.from_numpy(native[0]), rate, 16_000)
+
+    waveform = decode_audio(data, MediaLimits())
+    assert waveform.shape == expected_waveform.shape
+    assert np.abs(waveform - expected_waveform.numpy()).max() <= 1e-5
+    clips = waveform_to_clips(waveform)
+    assert clips.shape == expected_clips.shape == (3, 1, 128, 204)
+    assert (clips - expected_clips).abs().max().item() <= 1e-4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -248,6 +249,78 @@ def test_mp3_files_glued_together_decode_in_full():
     assert decode_audio(glued, LIMITS).size / 16_000 == pytest.approx(3.0, abs=0.1)
 
 
+# --------------------------------------------------------------------------- audio: mixing, resampling
+
+
+def test_stereo_is_mixed_as_the_mean_of_its_channels():
+    rate = 44_100
+    tone = mf.waveform(2.0, rate, frequency=440.0, amplitude=0.5)
+    other = mf.waveform(2.0, rate, frequency=1_000.0, amplitude=0.5)
+    mono = decode_audio(mf.encode_audio(tone, "wav", sample_rate=rate), LIMITS)
+    alike = decode_audio(mf.encode_audio(tone, "wav", sample_rate=rate, channels=2), LIMITS)
+    np.testing.assert_allclose(alike, mono, atol=1e-6)  # the same level, not 3 dB louder
+    one_side = decode_audio(mf.encode_channels(np.stack([tone, 0 * tone]), "wav", rate), LIMITS)
+    np.testing.assert_allclose(one_side, mono / 2, atol=1e-6)
+    both = decode_audio(mf.encode_channels(np.stack([tone, other]), "wav", rate), LIMITS)
+    other_alone = decode_audio(mf.encode_audio(other, "wav", sample_rate=rate), LIMITS)
+    np.testing.assert_allclose(both, (mono + other_alone) / 2, atol=1e-5)
+
+
+@pytest.mark.parametrize("rate", [8_000, 11_025, 22_050, 44_100, 48_000, 96_000])
+def test_resampling_is_torchaudios_on_the_native_samples(rate):
+    """The samples `torchaudio.functional.resample` (as upstream ImageBind calls it) gives."""
+    torch = pytest.importorskip("torch")
+    from torchaudio.functional import resample
+
+    samples = mf.waveform(3.3, rate, "noise", amplitude=0.6, seed=rate)
+    data = mf.encode_audio(samples, "flac", sample_rate=rate)
+    native, native_rate = mf.decode_native(data)
+    expected = resample(torch.from_numpy(native[0]), native_rate, 16_000).numpy()
+    decoded = decode_audio(data, LIMITS)
+    assert decoded.shape == expected.shape
+    assert np.abs(decoded - expected).max() <= 1e-5
+
+
+def test_resampling_in_pieces_equals_one_call_and_holds_one_piece():
+    torch = pytest.importorskip("torch")
+    from torchaudio.functional import resample
+
+    rate = 44_100
+    samples = mf.waveform(7.0, rate, "noise", amplitude=0.6, seed=5)
+    resampler = audio_module._SincResampler(rate, 16_000)
+    sizes = np.random.default_rng(0).integers(1, 5_000, size=samples.size)
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    pieces, held = [], []
+    for start, end in itertools.pairwise(bounds):
+        if start >= samples.size:
+            break
+        pieces += resampler.push(samples[start:end])
+        held.append(resampler._buffer.size + resampler._pending_size)
+    pieces += resampler.finish()
+    expected = resample(torch.from_numpy(samples), rate, 16_000).numpy()
+    got = np.concatenate(pieces)
+    assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-6
+    assert max(held) <= audio_module._CHUNK_SAMPLES + 2_000 + 5_000
+
+
+def test_odd_rates_are_resampled_without_a_huge_filter(monkeypatch):
+    """44,056 Hz to 16 kHz reduces to 5,507 / 2,000: torchaudio would build an 11-million
+    coefficient filter. FFmpeg's resampler takes such clips; channels are still averaged."""
+    import torchaudio.functional
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torchaudio's resampler was called")
+
+    monkeypatch.setattr(torchaudio.functional, "resample", refuse)
+    rate = 44_056
+    tone = mf.waveform(2.0, rate, frequency=440.0, amplitude=0.5)
+    mono = decode_audio(mf.encode_audio(tone, "wav", sample_rate=rate), LIMITS)
+    stereo = decode_audio(mf.encode_audio(tone, "wav", sample_rate=rate, channels=2), LIMITS)
+    assert mono.size / 16_000 == pytest.approx(2.0, abs=0.01)
+    assert dominant_frequency(mono) == pytest.approx(440.0, abs=3.0)
+    np.testing.assert_allclose(stereo, mono, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- audio: bad input
 
 
@@ -302,21 +375,28 @@ def test_too_long_clip_from_its_declared_duration(fmt):
 
 
 def test_too_long_clip_without_a_declared_duration_stops_decoding_early(monkeypatch):
-    pulled = []
-    real_chunks = audio_module._resampled_chunks
+    pulled, converted = [], []
+    real_chunks, real_mono = audio_module._resampled_chunks, audio_module._native_mono
 
     def counting_chunks(*args, **kwargs):
         for chunk in real_chunks(*args, **kwargs):
             pulled.append(chunk.size)
             yield chunk
 
+    def counting_mono(frame):
+        converted.append(frame.samples)
+        return real_mono(frame)
+
     monkeypatch.setattr(audio_module, "_declared_seconds", lambda container, stream: None)
     monkeypatch.setattr(audio_module, "_resampled_chunks", counting_chunks)
+    monkeypatch.setattr(audio_module, "_native_mono", counting_mono)
     with pytest.raises(MediaTooLargeError, match="longer than 5 s; the limit is 5 s") as caught:
         decode_audio(mf.make_audio("ogg", 12.0), MediaLimits(max_audio_seconds=5))
     assert_user_message(caught.value)
-    # Stopped at the frame that would pass the limit, before resampling it.
-    assert 4 * 16_000 < sum(pulled) <= 5 * 16_000
+    # Stopped at the frame that would pass the limit, before converting or resampling it (the
+    # resampler gives its output in pieces of a few seconds, so less of it was pulled).
+    assert 4.9 * 48_000 < sum(converted) <= 5 * 48_000
+    assert sum(pulled) <= 5 * 16_000
 
 
 def test_audio_file_over_the_byte_limit():

@@ -5,6 +5,11 @@ Both functions reproduce upstream ImageBind's `load_and_transform_vision_data` a
 deliberate difference for audio: upstream subtracts each clip's mean in place on views of one
 waveform, so for audio under 8 s, whose clips overlap, clips 2 and 3 are computed from audio
 that earlier clips already shifted. Here every clip is computed from its own untouched slice.
+
+Two choices of ours happen before these functions, in decoding: transparent images are
+composited on white (`core.media.image`; upstream drops the alpha channel), and the channels of
+a stereo clip are averaged (`core.media.audio`; upstream reads the left channel only). Audio is
+resampled to 16 kHz with `torchaudio.functional.resample`, as upstream.
 """
 
 from __future__ import annotations
@@ -37,8 +42,10 @@ _FRAME_SAMPLES = int(SAMPLE_RATE * _FRAME_LENGTH_MS / 1000)
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
     """`FloatTensor[3, 224, 224]`: shorter side to 224 (bicubic), centre crop, CLIP mean/std.
 
-    The image should already be RGB (see `core.media.image.decode_image`); any other mode is
-    converted with Pillow's plain `convert("RGB")`, as upstream does.
+    The image should already be RGB: `core.media.image.decode_image` composites transparency on
+    white, which is our choice, not upstream's (upstream's plain `convert("RGB")` drops the alpha
+    channel, so a transparent area shows whatever colour its invisible pixels hold, often black).
+    Any other mode given here is converted with Pillow's plain `convert("RGB")`, as upstream.
     """
     if image.mode != "RGB":
         image = image.convert("RGB")
