@@ -53,14 +53,20 @@ def test_every_package_is_copied_into_the_image():
         assert name in copied
 
 
-def test_compose_example_runs_both_bots_with_the_cache_volume():
+def test_compose_example_serves_every_front_end_on_one_model_gpu_opt_in():
     compose = yaml.safe_load((ROOT / "docs" / "compose.yaml").read_text())
     services = compose["services"]
-    assert services["discord"]["command"][:2] == ["bot", "discord"]
-    assert services["slack"]["command"][:2] == ["bot", "slack"]
-    for name in ("discord", "slack"):
-        assert "cache:/cache" in services[name]["volumes"]
-        assert all(v.startswith("${") for v in services[name].get("environment", {}).values())
+    model_processes = [name for name, s in services.items() if "ingest" not in s.get("profiles", [])]
+    assert model_processes == ["serve"] and services["serve"]["command"][:1] == ["serve"]
+    serve = services["serve"]
+    assert "cache:/cache" in serve["volumes"] and "data:/app/data" in serve["volumes"]  # named: writable by 10001
+    assert any(v.endswith(":/app/config.toml:ro") for v in serve["volumes"])
+    assert "config.toml" in " ".join(serve["command"])
+    assert "deploy" not in serve  # no GPU needed to start: it is the override's
+    assert all(str(v).startswith("${") for k, v in serve["environment"].items() if not k.startswith("SEARCH_ALL_"))
+    assert serve["environment"]["SEARCH_ALL_OPS__HEALTH_PORT"].startswith("${HEALTH_PORT")
+    gpu = yaml.safe_load((ROOT / "docs" / "compose.gpu.yaml").read_text())["services"]
+    assert gpu["serve"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
 
 
 def test_cpu_only_installs_ask_for_the_torch_that_pyproject_accepts():
