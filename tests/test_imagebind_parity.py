@@ -325,8 +325,9 @@ def upstream_audio_clips(
     return clips[0]
 
 
-def parity_clip(rate: int, seconds: float = 9.5) -> np.ndarray:
-    """Noise (all of the band, where resamplers differ most), a tone and a DC offset."""
+def parity_clip(rate: int, seconds: float = 25.3) -> np.ndarray:
+    """Noise (all of the band, where resamplers differ most), a tone and a DC offset; longer than
+    one piece of our resampler (`core.media.audio._CHUNK_SAMPLES`), so the seams are compared."""
     noise = mf.waveform(seconds, rate, "noise", amplitude=0.6, seed=rate)
     tone = mf.waveform(seconds, rate, "sine", frequency=330.0, amplitude=0.3)
     return np.clip(noise + tone + np.float32(0.02), -1.0, 1.0)

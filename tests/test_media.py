@@ -281,10 +281,11 @@ def test_resampling_is_torchaudios_on_the_native_samples(rate):
     assert np.abs(decoded - expected).max() <= 1e-5
 
 
-def test_resampling_in_pieces_equals_one_call_and_holds_one_piece():
+def test_resampling_in_pieces_equals_one_call_and_holds_one_piece(monkeypatch):
     torch = pytest.importorskip("torch")
     from torchaudio.functional import resample
 
+    monkeypatch.setattr(audio_module, "_CHUNK_SAMPLES", 1 << 15)  # several pieces in 7 s
     rate = 44_100
     samples = mf.waveform(7.0, rate, "noise", amplitude=0.6, seed=5)
     resampler = audio_module._SincResampler(rate, 16_000)
@@ -296,6 +297,7 @@ def test_resampling_in_pieces_equals_one_call_and_holds_one_piece():
             break
         pieces += resampler.push(samples[start:end])
         held.append(resampler._buffer.size + resampler._pending_size)
+    assert len(pieces) >= 8  # the pieces came while pushing, not all at the end
     pieces += resampler.finish()
     expected = resample(torch.from_numpy(samples), rate, 16_000).numpy()
     got = np.concatenate(pieces)

@@ -32,6 +32,7 @@ bounded by the output and one piece of input, whatever the clip's rate or number
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Iterator
@@ -47,9 +48,10 @@ DEFAULT_SAMPLE_RATE = 16_000
 # Below any real recording (telephone audio is 8 kHz); a lower rate is a crafted file whose
 # resampling to 16 kHz would multiply its samples.
 MIN_SAMPLE_RATE = 4_000
-# Input samples per call of torchaudio's resampler (about 3 s at 44.1 kHz): few calls (each has
-# a fixed cost, large when other threads compete for the cores), and half a megabyte held.
-_CHUNK_SAMPLES = 1 << 17
+# Input samples per call of torchaudio's resampler (about 12 s at 44.1 kHz, 2 MB): few calls,
+# since each has a fixed cost (large when other processes keep the cores busy: torch's threads
+# then wait for one another), and still a small, fixed amount held.
+_CHUNK_SAMPLES = 1 << 19
 # torchaudio builds a filter of `taps` coefficients for each of the output phases; for rates
 # whose ratio to 16 kHz reduces to large numbers that is millions of coefficients, and thousands
 # of multiplications per output sample. Such clips go through FFmpeg's resampler instead
@@ -128,13 +130,39 @@ def _native_mono(frame: av.AudioFrame) -> np.ndarray:
     samples = frame.to_ndarray()
     channels = frame.layout.nb_channels
     samples = samples if frame.format.is_planar else samples.reshape(-1, channels).T
-    mixed = samples[0].astype(np.float32) if channels == 1 else samples.mean(0, np.float32)
+    mixed = samples[0].astype(np.float32)
+    for channel in samples[1:]:  # row by row: several times faster than `mean` on integers
+        mixed += channel
+    if channels > 1:
+        mixed /= np.float32(channels)
     if samples.dtype.kind in "iu":
         bits = samples.dtype.itemsize * 8
         if samples.dtype.kind == "u":
             mixed -= np.float32(2.0 ** (bits - 1))
         mixed *= np.float32(2.0 ** (1 - bits))  # a power of two: exact
     return mixed
+
+
+@functools.lru_cache(maxsize=8)
+def _torchaudio_resample(orig_freq: int, new_freq: int):  # -> torchaudio.transforms.Resample
+    """`torchaudio.transforms.Resample`: `torchaudio.functional.resample` with its filter built
+    once (kept for the next clip at the same rate; its `forward` only reads it).
+
+    The function builds the filter in the waveform's dtype (float32), `Resample` by default in
+    float64: asked for float32, its coefficients are the function's to the bit.
+    """
+    # Imported on first use: refusing a file, or a clip already at 16 kHz, never loads torch.
+    import torch
+    import torchaudio.transforms
+
+    return torchaudio.transforms.Resample(
+        orig_freq,
+        new_freq,
+        resampling_method="sinc_interp_hann",
+        lowpass_filter_width=_SincResampler.LOWPASS_FILTER_WIDTH,
+        rolloff=_SincResampler.ROLLOFF,
+        dtype=torch.float32,
+    )
 
 
 class _SincResampler:
@@ -152,21 +180,7 @@ class _SincResampler:
     ROLLOFF = 0.99
 
     def __init__(self, orig_freq: int, new_freq: int) -> None:
-        # Imported on first use: refusing a file, or a clip already at 16 kHz, never loads torch.
-        import torch
-        import torchaudio.transforms
-
-        # `Resample` is `torchaudio.functional.resample` with its filter built once, not per call.
-        # The function builds the filter in the waveform's dtype (float32); `Resample` by default
-        # in float64: asked for float32, its coefficients are the function's to the bit.
-        self._resample = torchaudio.transforms.Resample(
-            orig_freq,
-            new_freq,
-            resampling_method="sinc_interp_hann",
-            lowpass_filter_width=self.LOWPASS_FILTER_WIDTH,
-            rolloff=self.ROLLOFF,
-            dtype=torch.float32,
-        )
+        self._resample = _torchaudio_resample(orig_freq, new_freq)
         common = math.gcd(orig_freq, new_freq)
         self._stride, self._phases = orig_freq // common, new_freq // common
         self._width = self._resample.width
