@@ -278,3 +278,26 @@ def test_an_offset_past_the_depth_limit_says_so(collection, capsys):
     assert main(["search", "--dataset", str(dataset), "--text", "castle", "--offset", "600"]) == 0
     out = capsys.readouterr().out
     assert DEPTH_NOTICE in out and "no results" not in out
+
+
+
+def test_the_api_and_search_json_share_one_machine_readable_shape(collection, capsys):
+    """#20 item 13: numbers for scores and counts in both, display strings only beside them."""
+    from bot.web.app import reply_json
+    from core.config import Settings
+    from core.service import ResultItem, SearchResult
+
+    _, dataset = collection
+    capsys.readouterr()
+    assert main(["search", "--dataset", str(dataset), "--json", "--text", "a red fox", "--limit", "2"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    items = [ResultItem(h["id"], h["score"], h["text"], h["url"], h["row"], h["width"], h["height"],
+                        similar=h["similar"]) for h in cli["hits"]]
+    result = SearchResult(cli["query"], items, cli["best_score"], cli["cutoff"], 0, 2, False, "ab" * 10,
+                          heard=cli["heard"])
+    web = reply_json(result, Settings())
+    for key in ("query", "heard", "best_score", "cutoff", "at_depth_limit"):
+        assert web[key] == cli[key], key
+    for hit, image in zip(cli["hits"], web["images"], strict=True):
+        assert {k: image[k] for k in hit} == hit
+        assert isinstance(image["score"], float) and isinstance(image["similar"], int)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -460,23 +459,3 @@ async def test_a_chunked_action_body_is_refused_after_its_cap_not_read_to_its_en
                 assert "too long" in (await response.json())["error"]
     finally:
         finish.set()
-
-
-def test_the_api_and_search_json_share_one_machine_readable_shape(collection, capsys):
-    """#20 item 13: numbers for scores and counts in both, display strings only beside them."""
-    from bot.cli import main
-
-    settings, _ = collection
-    capsys.readouterr()
-    assert main(["search", "--dataset", settings.store.dataset, "--json", "--text", "a red fox", "--limit", "2"]) == 0
-    cli = json.loads(capsys.readouterr().out)
-    items = [ResultItem(h["id"], h["score"], h["text"], h["url"], h["row"], h["width"], h["height"],
-                        similar=h["similar"]) for h in cli["hits"]]
-    result = SearchResult(cli["query"], items, cli["best_score"], cli["cutoff"], 0, 2, False, "ab" * 10,
-                          heard=cli["heard"])
-    web = reply_json(result, settings)
-    for key in ("query", "heard", "best_score", "cutoff", "at_depth_limit"):
-        assert web[key] == cli[key], key
-    for hit, image in zip(cli["hits"], web["images"], strict=True):
-        assert {k: image[k] for k in hit} == hit
-        assert isinstance(image["score"], float) and isinstance(image["similar"], int)
