@@ -48,10 +48,11 @@ DEFAULT_SAMPLE_RATE = 16_000
 # Below any real recording (telephone audio is 8 kHz); a lower rate is a crafted file whose
 # resampling to 16 kHz would multiply its samples.
 MIN_SAMPLE_RATE = 4_000
-# Input samples per call of torchaudio's resampler (about 12 s at 44.1 kHz, 2 MB): few calls,
+# Input samples per call of torchaudio's resampler (about 6 s at 44.1 kHz, 1 MB): few calls,
 # since each has a fixed cost (large when other processes keep the cores busy: torch's threads
-# then wait for one another), and still a small, fixed amount held.
-_CHUNK_SAMPLES = 1 << 19
+# then wait for one another), and little memory: a call's convolution briefly needs up to 15
+# times its input (8 kHz: 15 taps a sample; 48 kHz: 41 taps every 3 samples), 15 MB at most.
+_CHUNK_SAMPLES = 1 << 18
 # torchaudio builds a filter of `taps` coefficients for each of the output phases; for rates
 # whose ratio to 16 kHz reduces to large numbers that is millions of coefficients, and thousands
 # of multiplications per output sample. Such clips go through FFmpeg's resampler instead
