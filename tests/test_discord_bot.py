@@ -676,3 +676,24 @@ async def test_sync_with_a_guild_registers_the_commands_there_at_once(fake, runn
     names = {(c["name"], c.get("type", 1)) for c in fake.commands[str(guild)]}
     assert names == {("search", 1), (IMAGE_MENU, 3), (AUDIO_MENU, 3)}
     await runner.restart()
+
+
+async def test_an_interaction_that_expired_is_logged_once_without_a_traceback(fake, runner, caplog):
+    """#16 item 2: a command that reaches the bot after Discord's 3 s (a frozen loop, a slow
+    network) cannot be answered; the bot says so once in its log and goes on."""
+    data = {"id": str(fake.snowflake()), "name": "search", "type": 1,
+            "options": [{"name": "query", "type": 3, "value": "a red car"}]}
+    late = fake.new_interaction(2, data, user=fake.user(fake.snowflake()), channel_id=fake.channel_id)
+    late.created -= ACK_SECONDS + 1  # already past Discord's deadline when it arrives
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        await fake.dispatch("INTERACTION_CREATE", late.payload)
+        posted = await answer_to(fake, await fake.slash_command(fake.snowflake(), {"query": "a blue boat"}))
+    assert len(posted.embeds) == LIMIT  # the next one is answered as usual
+    for _ in range(100):  # bounded: the late one's failed answer may still be on its way
+        expired = [r for r in caplog.records if "expired before it was answered" in r.getMessage()]
+        if expired:
+            break
+        await asyncio.sleep(0.05)
+    assert len(expired) == 1 and str(late.id) in expired[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

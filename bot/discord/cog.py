@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import Any
 
 import aiohttp
 import discord
@@ -73,6 +74,23 @@ class Refused(app_commands.CheckFailure):
         self.reason = reason
 
 
+EXPIRED = 10062  # Discord's "Unknown interaction": not acknowledged within its 3 s
+
+
+async def first_answer(interaction: discord.Interaction, send: Awaitable[Any]) -> bool:
+    """Send an interaction's first answer (a defer or a message); False when Discord says it
+    expired (the user already saw "The application did not respond"), logged once as a warning
+    without a traceback, since nothing can be done for that interaction any more."""
+    try:
+        await send
+    except discord.NotFound as exc:
+        if exc.code != EXPIRED:
+            raise
+        log.warning("interaction %s expired before it was answered (Discord allows 3 s)", interaction.id)
+        return False
+    return True
+
+
 async def answer_command_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
     """An application command that could not run: refused, failed, or unknown / with options the
     bot cannot read (Discord checks them against the registered commands, so those are out of
@@ -86,7 +104,7 @@ async def answer_command_error(interaction: discord.Interaction, error: app_comm
     if interaction.response.is_done():
         log.warning("command failed after its answer began: %s", error)
     else:
-        await interaction.response.send_message(text, ephemeral=True)
+        await first_answer(interaction, interaction.response.send_message(text, ephemeral=True))
 
 
 def with_filter_words(query: str | None, include: str | None, exclude: str | None) -> str | None:
@@ -234,7 +252,8 @@ class SearchCog(commands.Cog):
         except Exception as exc:
             return await self.refuse(interaction, exc)
         more = isinstance(action, MoreLikeThis)
-        await interaction.response.defer(thinking=more)
+        if not await first_answer(interaction, interaction.response.defer(thinking=more)):
+            return
         try:
             result = await run_action(self.service, action, self.admission.limit(None))
             rendered = await self.render(result, interaction.filesize_limit)
@@ -264,7 +283,7 @@ class SearchCog(commands.Cog):
 
     async def refuse(self, interaction: discord.Interaction, exc: BaseException) -> None:
         """Answer an interaction not yet acknowledged with an ephemeral error."""
-        await interaction.response.send_message(user_message(exc), ephemeral=True)
+        await first_answer(interaction, interaction.response.send_message(user_message(exc), ephemeral=True))
 
     async def fail(self, interaction: discord.Interaction, exc: BaseException, *, thinking: bool) -> None:
         """Say why a deferred interaction failed, ephemerally (the public "thinking" message goes)."""
@@ -280,7 +299,8 @@ class SearchCog(commands.Cog):
     async def answer(self, interaction: discord.Interaction, text: str, files: Sequence[PendingFile],
                      limit: int) -> None:
         """Defer, search, follow up (or explain the failure)."""
-        await interaction.response.defer(thinking=True)
+        if not await first_answer(interaction, interaction.response.defer(thinking=True)):
+            return
         try:
             result = await self.search(text, files, limit)
             rendered = await self.render(result, interaction.filesize_limit)
