@@ -104,8 +104,8 @@ async def serve_all(
                     running_discord_bot(settings, service, token, sync=sync, **discord_options))
                 serving.frontends["discord"] = serving.discord.health
                 running.append(task)
-            print(f"Search All: serving {', '.join(name for name in ('discord', 'slack', 'web') if getattr(plan, name))} "
-                  "on one model (Ctrl+C stops)", flush=True)
+            names = ", ".join(name for name in ("discord", "slack", "web") if getattr(plan, name))
+            print(f"Search All: serving {names} on one model (Ctrl+C stops)", flush=True)
             if on_ready is not None:
                 on_ready(serving)
             await until_stopped(stop, *running)

@@ -4,9 +4,10 @@
 service and serves until stopped (SIGTERM or Ctrl+C: `SearchBot.shut_down` refuses new requests,
 lets those in flight finish for `[ops] shutdown_grace_seconds`, closes the gateway; exit 0).
 `open_discord_bot` builds a bot around an open `SearchService` (tests drive it against a local
-fake Discord); `running_discord_bot` runs one (also inside `search-all serve`, bot/serve.py). Slash commands are registered with Discord only
-when asked (`sync=True` globally, `sync=GUILD_ID` in one server at once, for development):
-Discord rate-limits command updates, so not on every start.
+fake Discord); `running_discord_bot` runs one (also inside `search-all serve`, bot/serve.py).
+Slash commands are registered with Discord only when asked (`sync=True` globally,
+`sync=GUILD_ID` in one server at once, for development): Discord rate-limits command updates,
+so not on every start.
 
 `[discord] api_base_url` and `gateway_url` point discord.py at a Discord-compatible server
 (Spacebar, or the tests' fake); discord.py keeps both as class attributes, so they are set

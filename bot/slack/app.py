@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +44,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.common.handle import Admission, build_query, on_allow_list, user_message
 from bot.common.reply import Action, MoreLikeThis, ReplyImage, build_reply, decode_action, run_action, shorten
-from bot.ops import serve_ops
+from bot.ops import serve_ops, stop_on_signals
 from bot.slack.dedupe import RecentKeys
 from bot.slack.files import SlackFileFetcher
 from bot.slack.render import (
@@ -447,10 +446,7 @@ def run_slack(settings: Settings, secrets: Secrets, *, socket_mode: bool) -> Non
 
     async def main() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(signum, stop.set)
-        await serve_slack(settings, secrets, socket_mode=socket_mode, stop=stop)
+        with stop_on_signals(stop):
+            await serve_slack(settings, secrets, socket_mode=socket_mode, stop=stop)
 
     asyncio.run(main())

@@ -31,7 +31,6 @@ import hashlib
 import ipaddress
 import json
 import logging
-import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -52,6 +51,7 @@ from bot.common.reply import (
     result_fields,
     run_action,
 )
+from bot.ops import stop_on_signals
 from bot.web.form import max_body_bytes, parse_limit, read_search_form
 from core.config import Settings
 from core.errors import BadInputError, MediaTooLargeError, SearchAllError
@@ -347,22 +347,13 @@ async def serve_web(
     from core.startup import open_search_service
 
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with suppress(NotImplementedError, RuntimeError, ValueError):  # Windows, other threads
-            loop.add_signal_handler(signum, stop.set)
-            handled.append(signum)
-    try:
+    with stop_on_signals(stop):
         async with open_search_service(settings) as service:
             async with running_web(service, settings, host=host, port=port) as url:
                 print(f"Search All: open {url}/ in a browser (Ctrl+C stops)", flush=True)
                 if on_ready is not None:
                     on_ready(url)
                 await stop.wait()
-    finally:
-        for signum in handled:
-            loop.remove_signal_handler(signum)
 
 
 def run_web(settings: Settings, *, host: str, port: int) -> None:
