@@ -116,7 +116,7 @@ async def _search(args: argparse.Namespace) -> int:
         print(f"note: --limit {args.limit} is over [search] max_limit; showing {max_limit} per page "
               "(--offset pages on)", file=sys.stderr)
     query = query_from_args(args, settings.limits, settings.search.default_limit)
-    async with open_search_service(settings, progress=not args.json) as service:
+    async with open_search_service(settings, progress=not args.json, warm_speech=False) as service:
         result = await service.search(query)
         if args.save:
             await save_results(service, result.items, args.save, first_rank=1 + query.offset)

@@ -51,8 +51,11 @@ def with_model_of(settings: Settings, recorded: str) -> Settings:
 
 @asynccontextmanager
 async def open_search_service(
-    settings: Settings, *, secrets: Secrets | None = None, progress: bool = True
+    settings: Settings, *, secrets: Secrets | None = None, progress: bool = True, warm_speech: bool = True
 ) -> AsyncIterator[SearchService]:
+    """The search service of `settings`, open while inside. `warm_speech`: start the speech
+    worker and load its recogniser now, in the background (a running bot: the first voice note
+    is then fast); otherwise it starts with the first voice clip (a one-off CLI search)."""
     secrets = secrets or Secrets.from_env()
     chosen = "name" in settings.model.model_fields_set  # by --model, the TOML or the environment
     async with AsyncExitStack() as stack:
@@ -88,7 +91,8 @@ async def open_search_service(
         stack.callback(pages.close)
         # Voice read as speech (docs/speech.md), by a recogniser in a worker process of its own.
         audio = speech_policy(settings.speech, settings.limits, in_process=True)
-        audio.start()
+        if warm_speech:
+            audio.start()
         stack.push_async_callback(audio.aclose)
         metrics = Metrics()
         metrics.watch_batches(lambda: worker.batch_sizes)

@@ -122,3 +122,16 @@ async def test_more_like_this_names_the_image_it_started_from(settings):
         more = await service.more_like_row(clicked.row, 3)
     assert more.description == f"more like {clicked.id}"
     assert more.items[0].id == clicked.id
+
+
+async def test_a_one_off_search_starts_no_speech_worker_until_a_clip_needs_it(settings):
+    """The CLI opens the service with warm_speech=False: a text search spawns no process."""
+    async with open_search_service(settings, progress=False, warm_speech=False) as service:
+        await service.search(Query((Term("text", "a red circle"),), limit=3))
+        assert service.audio.process.pid is None
+    async with open_search_service(settings, progress=False) as service:  # a bot: warmed at once
+        await service.search(Query((Term("text", "a red circle"),), limit=3))
+        warming = service.audio.process._warming
+        assert warming is not None
+        await warming
+        assert service.audio.process.pid is not None
