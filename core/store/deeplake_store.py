@@ -352,8 +352,7 @@ class DeepLakeStore:
 
     def append(self, records: Sequence[Record], *, content_hashes: Sequence[str] | None = None) -> int:
         """One batch, one commit; `content_hashes[i]` is `records[i]`'s (see the module docstring)."""
-        if self._read_only:
-            raise StoreError(f"dataset {self._path} was opened read-only: open it for writing")
+        self._check_writable()
         if not records:
             return 0
         data = self._columns(records, content_hashes)
@@ -373,8 +372,7 @@ class DeepLakeStore:
     ) -> tuple[int, int]:
         """Write `records`, replacing the rows of ids already present, in one commit; the
         numbers `(added, replaced)`."""
-        if self._read_only:
-            raise StoreError(f"dataset {self._path} was opened read-only: open it for writing")
+        self._check_writable()
         if not records:
             return 0, 0
         data = self._columns(records, content_hashes)
@@ -391,8 +389,7 @@ class DeepLakeStore:
 
     def delete_ids(self, ids: Sequence[str]) -> int:
         """Remove every row of `ids` in one commit; the number of ids removed."""
-        if self._read_only:
-            raise StoreError(f"dataset {self._path} was opened read-only: open it for writing")
+        self._check_writable()
         wanted = set(ids)
         with self._lock.write():
             state = self._current()
@@ -402,6 +399,10 @@ class DeepLakeStore:
             removed = len({state.ids[row] for row in rows})
             self._write(state, None, rows, f"Search All: remove {removed} records")
         return removed
+
+    def _check_writable(self) -> None:
+        if self._read_only:
+            raise StoreError(f"dataset {self._path} was opened read-only: open it for writing")
 
     def content_hashes(self) -> dict[str, str]:
         """`{id: content_hash}` of every row ("" for rows written before the column existed)."""
@@ -547,8 +548,7 @@ class DeepLakeStore:
         Only useful for the index path (collections beyond `exact_max_rows`, or `mode="index"`);
         it takes minutes and several GB at 1M rows.
         """
-        if self._read_only:
-            raise StoreError(f"dataset {self._path} was opened read-only: open it for writing")
+        self._check_writable()
         with self._lock.write():
             ds = self._open_ds()
             start = time.perf_counter()
