@@ -195,8 +195,12 @@ class DiscordSettings(_Section):
     message_content_intent: bool = False
 
 
+SLACK_BOT_SCOPES = ["app_mentions:read", "chat:write", "commands", "files:read", "files:write", "im:history"]
+
+
 class SlackSettings(_Section):
-    """The Slack bot (SLACK_BOT_TOKEN, SLACK_SIGNING_SECRET; SLACK_APP_TOKEN for Socket Mode)."""
+    """The Slack bot (SLACK_BOT_TOKEN, SLACK_SIGNING_SECRET; SLACK_APP_TOKEN for Socket Mode;
+    SLACK_CLIENT_ID, SLACK_CLIENT_SECRET instead of SLACK_BOT_TOKEN with `oauth`)."""
 
     api_base_url: str = "https://slack.com/api/"
     mode: Literal["http", "socket"] = "http"
@@ -205,6 +209,16 @@ class SlackSettings(_Section):
     # Files are only downloaded (with the bot token) from these hosts.
     file_hosts: list[str] = ["files.slack.com"]
     allowed_channels: list[str] = []
+    # Many workspaces (docs/slack.md): Slack's OAuth flow at /slack/install, each workspace's
+    # bot token kept in `installations_path` (SQLite). HTTP mode only.
+    oauth: bool = False
+    installations_path: Path = Path("data/slack-installations.sqlite")
+    # The Redirect URL Slack sends installers back to (…/slack/oauth_redirect); unset: the
+    # first one in the app's OAuth & Permissions page.
+    redirect_url: str | None = None
+    scopes: list[str] = SLACK_BOT_SCOPES
+    # Where installers approve the app (GovSlack: "https://slack-gov.com/oauth/v2/authorize").
+    authorize_url: str = "https://slack.com/oauth/v2/authorize"
 
 
 class OpsSettings(_Section):
@@ -229,6 +243,31 @@ class WebSettings(_Section):
     enabled: bool = False
 
 
+class MemorySettings(_Section):
+    """Channel memory (docs/memory.md): the images posted in channels that turned it on."""
+
+    # Off: no channel can turn memory on, and the Discord bot does not ask for Message Content.
+    enabled: bool = False
+    # Where memory lives: channels.sqlite (which channels are on) and tenants/<platform>-<id>/
+    # (one DeepLake dataset per server or workspace). Keep it private and backed up.
+    dir: Path = Path("data/memory")
+    # Longest side of the thumbnail kept of each image (a JPEG without metadata).
+    thumbnail_side: int = Field(default=512, ge=64, le=2048)
+    thumbnail_quality: int = Field(default=85, ge=30, le=95)
+    # Most past messages one `/memory on backfill:N` may read.
+    backfill_max: int = Field(default=1000, ge=0, le=100_000)
+    # What /search looks in where memory is on, unless `source:` says otherwise.
+    default_source: Literal["collection", "memory", "both"] = "both"
+    # How long a member's channel permissions are trusted before they are read again, seconds.
+    access_cache_seconds: float = Field(default=60.0, ge=0, le=3600)
+    # Images embedded per background batch, and the most of the encoder's time indexing may
+    # take while queries are coming (queries always go first).
+    index_batch_size: int = Field(default=4, ge=1, le=64)
+    index_share: float = Field(default=0.25, gt=0, le=1)
+    # Tenants whose memory stays loaded at once (least recently used unloaded first).
+    max_open_tenants: int = Field(default=64, ge=1)
+
+
 class Settings(_Section):
     model: ModelSettings = ModelSettings()
     encoder: EncoderSettings = EncoderSettings()
@@ -243,6 +282,7 @@ class Settings(_Section):
     discord: DiscordSettings = DiscordSettings()
     slack: SlackSettings = SlackSettings()
     web: WebSettings = WebSettings()
+    memory: MemorySettings = MemorySettings()
     ops: OpsSettings = OpsSettings()
 
 
@@ -304,6 +344,8 @@ class Secrets:
     slack_bot_token: str | None = field(default=None, repr=False)
     slack_signing_secret: str | None = field(default=None, repr=False)
     slack_app_token: str | None = field(default=None, repr=False)
+    slack_client_id: str | None = field(default=None, repr=False)
+    slack_client_secret: str | None = field(default=None, repr=False)
     aws_access_key_id: str | None = field(default=None, repr=False)
     aws_secret_access_key: str | None = field(default=None, repr=False)
     aws_session_token: str | None = field(default=None, repr=False)
@@ -313,6 +355,8 @@ class Secrets:
         "slack_bot_token": "SLACK_BOT_TOKEN",
         "slack_signing_secret": "SLACK_SIGNING_SECRET",
         "slack_app_token": "SLACK_APP_TOKEN",
+        "slack_client_id": "SLACK_CLIENT_ID",
+        "slack_client_secret": "SLACK_CLIENT_SECRET",
         "aws_access_key_id": "AWS_ACCESS_KEY_ID",
         "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
         "aws_session_token": "AWS_SESSION_TOKEN",

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import BadInputError
+from core.memory.model import COLLECTION, SearchScope, Tenant
 
 
 class ExpiredPageError(BadInputError):
@@ -40,11 +41,33 @@ class SavedQuery:
     description: str
     heard: str
     cutoff: float
+    scope: SearchScope = COLLECTION  # what the search may see (channel memory: tenant, channels)
 
     def key(self) -> str:
         digest = hashlib.sha256(np.asarray(self.vector, dtype=np.float32).tobytes())
         digest.update(json.dumps([self.include, self.exclude, self.limit, self.cutoff]).encode())
+        if self.scope != COLLECTION:
+            digest.update(json.dumps(_scope_json(self.scope), sort_keys=True).encode())
         return digest.hexdigest()[:20]
+
+
+def _scope_json(scope: SearchScope) -> dict | None:
+    if scope == COLLECTION:
+        return None
+    tenant = scope.tenant
+    return {
+        "source": scope.source,
+        "tenant": None if tenant is None else [tenant.platform, tenant.id],
+        "channels": None if scope.channels is None else sorted(scope.channels),
+    }
+
+
+def _scope_of(data: dict | None) -> SearchScope:
+    if not data:
+        return COLLECTION
+    tenant = None if data["tenant"] is None else Tenant(data["tenant"][0], data["tenant"][1])
+    channels = None if data["channels"] is None else frozenset(data["channels"])
+    return SearchScope(data["source"], tenant, channels)
 
 
 MAX_ENTRIES = 10_000
@@ -104,6 +127,7 @@ class PageMemory:
                 "description": query.description,
                 "heard": query.heard,
                 "cutoff": query.cutoff,
+                "scope": _scope_json(query.scope),
             }
         )
         vector = np.asarray(query.vector, dtype=np.float32).tobytes()
@@ -133,6 +157,7 @@ class PageMemory:
             description=body["description"],
             heard=body["heard"],
             cutoff=float(body["cutoff"]),
+            scope=_scope_of(body.get("scope")),
         )
 
     def entries(self) -> int:

@@ -16,6 +16,9 @@ from core.config import MODEL_NAMES, Secrets, Settings
 from core.encoder import Encoder
 from core.errors import ModelMismatchError
 from core.imagebind.configs import get_config
+from core.memory.channels import ChannelRegistry
+from core.memory.memory import ChannelMemory
+from core.memory.store import MemoryStore
 from core.metrics import Metrics
 from core.page_memory import PageMemory
 from core.s3.client import S3Connection
@@ -82,8 +85,13 @@ async def open_search_service(
                 encoder,
                 batch_window_ms=settings.encoder.batch_window_ms,
                 max_batch_size=settings.encoder.max_batch_size,
+                background_batch_size=settings.memory.index_batch_size,
+                background_share=settings.memory.index_share,
             )
         )
+        memory = open_channel_memory(settings, worker) if settings.memory.enabled else None
+        if memory is not None:
+            stack.callback(memory.close)
         pages = PageMemory(
             settings.search.page_memory_path or settings.model.cache_dir / "pages.sqlite",
             max_age_days=settings.search.page_memory_days,
@@ -107,6 +115,7 @@ async def open_search_service(
             pages=pages,
             metrics=metrics,
             audio=audio,
+            memory=memory,
         )
         health = service.locator.health
         if health is not None:
@@ -116,6 +125,15 @@ async def open_search_service(
             refresher = asyncio.create_task(refresh_forever(service, settings.ops.refresh_seconds))
             stack.push_async_callback(_cancel, refresher)
         yield service
+
+
+def open_channel_memory(settings: Settings, worker: EncoderWorker) -> ChannelMemory:
+    """Channel memory under `[memory] dir` (docs/memory.md), for the model `settings` name."""
+    root = settings.memory.dir
+    store = MemoryStore(root, model_name=settings.model.name, dim=get_config(settings.model.name).out_dim,
+                        max_open=settings.memory.max_open_tenants)
+    registry = ChannelRegistry(root / "channels.sqlite")
+    return ChannelMemory(store, registry, worker, settings.memory, settings.limits)
 
 
 async def refresh_forever(service: SearchService, every_s: float) -> None:

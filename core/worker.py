@@ -8,6 +8,14 @@ lone request goes to the model at once; `batch_window_ms` only bounds how long t
 for that marker (when the loop is slow to reach it). Decoding and preprocessing happen in the
 thread too, one input at a time, so a bad file fails only its own request. The event loop never
 runs torch.
+
+Background work (channel memory's indexing: `embed(..., background=True)`) waits in a queue of
+its own and runs only when no interactive request is waiting: queries first, indexing batches
+behind them. A batch already in the model is never interrupted, so while queries keep coming the
+background may use at most `background_share` of the thread's time (after a background batch
+of t seconds, the next one waits t * (1 - share) / share unless no query came for
+`background_quiet_s`); with no queries it runs flat out. benchmarks/bench_memory.py measures
+the queries' latency with and without that load.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ class _Job:
 
 _STOP = object()
 _END_OF_BURST = object()  # posted by the event loop after the requests of one turn
+_WAKE = object()  # posted with each background job: the thread looks at the background queue
 FAILED = "the image model failed on this request (it has been logged); please try again"
 
 
@@ -60,8 +69,19 @@ def _resolve(job: _Job, result: Any = None, error: BaseException | None = None) 
 class EncoderWorker:
     """Runs `encoder` in a dedicated thread; use as `async with EncoderWorker(...) as worker`."""
 
-    def __init__(self, encoder: Encoder, *, batch_window_ms: float = 5.0, max_batch_size: int = 8):
+    def __init__(self, encoder: Encoder, *, batch_window_ms: float = 5.0, max_batch_size: int = 8,
+                 background_batch_size: int = 4, background_share: float = 0.25,
+                 background_quiet_s: float = 2.0):
+        if not 0 < background_share <= 1:
+            raise ValueError(f"background_share must be within (0, 1], got {background_share}")
         self.encoder = encoder
+        self.background_batch_size = max(1, background_batch_size)
+        self.background_share = background_share
+        self.background_quiet_s = background_quiet_s
+        self._background: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._background_not_before = 0.0  # monotonic time before which no background batch starts
+        self._last_interactive = float("-inf")  # when the last interactive batch finished
+        self.background_batches = 0
         self.batch_window_s = batch_window_ms / 1000.0
         self.max_batch_size = max_batch_size
         self.batch_sizes: Counter[int] = Counter()  # how many inputs each forward pass took
@@ -97,12 +117,17 @@ class EncoderWorker:
         """Whether requests are being served (started, not closed, thread alive)."""
         return not self._closed and self._thread is not None and self._thread.is_alive()
 
-    async def embed(self, modality: str, payload: Any) -> np.ndarray:
-        """The embedding of one input (float32, [dim]); bad input raises its user-facing error."""
+    async def embed(self, modality: str, payload: Any, *, background: bool = False) -> np.ndarray:
+        """The embedding of one input (float32, [dim]); bad input raises its user-facing error.
+        `background`: behind every interactive request (see the module docstring)."""
         if self._closed or self._thread is None:
             raise EncoderUnavailableError("the encoder is not running; try again in a moment")
         loop = asyncio.get_running_loop()
         job = _Job(modality, payload, loop.create_future(), loop)
+        if background:
+            self._background.put(job)
+            self._queue.put(_WAKE)
+            return await job.future
         self._queue.put(job)
         if self._burst_loop is not loop:
             # Runs on the loop's next turn, after every request submitted in this one.
@@ -124,8 +149,13 @@ class EncoderWorker:
         stopped = False
         try:
             while True:
-                first = self._queue.get()
-                if first is _END_OF_BURST:
+                first = self._next()
+                if first is None:
+                    batch = self._take_background()
+                    self._run_background(batch)
+                    batch = []
+                    continue
+                if first is _END_OF_BURST or first is _WAKE:
                     continue
                 if first is _STOP:
                     stopped = True
@@ -139,6 +169,7 @@ class EncoderWorker:
                     for job in batch:
                         _resolve(job, error=EncoderUnavailableError(FAILED))
                 batch = []
+                self._last_interactive = time.monotonic()
                 if stopping:
                     stopped = True
                     break
@@ -149,6 +180,43 @@ class EncoderWorker:
                 self._fail_leftovers()
             else:
                 self._restart()
+
+    def _next(self) -> Any:
+        """The next interactive job or marker; None when a background batch may run now."""
+        if self._background.empty():
+            return self._queue.get()
+        now = time.monotonic()
+        quiet = now - self._last_interactive >= self.background_quiet_s
+        wait = 0.0 if quiet else self._background_not_before - now
+        try:
+            return self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _take_background(self) -> list[_Job]:
+        batch: list[_Job] = []
+        while len(batch) < self.background_batch_size:
+            try:
+                batch.append(self._background.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _run_background(self, batch: list[_Job]) -> None:
+        """One background batch; the next waits so that it keeps to its share of the time."""
+        if not batch:
+            return
+        start = time.monotonic()
+        try:
+            for modality in dict.fromkeys(job.modality for job in batch):
+                self._process([job for job in batch if job.modality == modality])
+        except Exception:
+            log.exception("encoder worker failed on a background batch of %d; serving on", len(batch))
+            for job in batch:
+                _resolve(job, error=EncoderUnavailableError(FAILED))
+        end = time.monotonic()
+        self.background_batches += 1
+        self._background_not_before = end + (end - start) * (1 - self.background_share) / self.background_share
 
     def _restart(self) -> None:
         self.restarts += 1
@@ -171,6 +239,8 @@ class EncoderWorker:
                 break
             if job is _END_OF_BURST:
                 burst_over = True
+                continue
+            if job is _WAKE:
                 continue
             if job is _STOP:
                 return batch, True
@@ -202,8 +272,14 @@ class EncoderWorker:
     def _fail_leftovers(self) -> None:
         while True:
             try:
+                background = self._background.get_nowait()
+            except queue.Empty:
+                break
+            _resolve(background, error=EncoderUnavailableError("the encoder shut down; try again"))
+        while True:
+            try:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if job is not _STOP and job is not _END_OF_BURST:
+            if job is not _STOP and job is not _END_OF_BURST and job is not _WAKE:
                 _resolve(job, error=EncoderUnavailableError("the encoder shut down; try again"))
