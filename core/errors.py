@@ -58,3 +58,13 @@ class StoreError(SearchAllError):
 
 class EncoderUnavailableError(SearchAllError):
     """The encoder worker is not running (shut down or failed)."""
+
+
+class NoPromptTextError(BadInputError):
+    """A `filter:` word asked of a collection whose images came without prompt text."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this collection has no prompt text to filter on (its images came without prompts, "
+            "as from a folder): search without the filter"
+        )

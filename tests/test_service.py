@@ -1,5 +1,6 @@
 """SearchService over a real dataset: negative terms, stored-embedding terms, cache, cut-off."""
 
+import asyncio
 import io
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from core.config import SearchSettings, Settings
 from core.encoder import Encoder
-from core.errors import BadInputError
+from core.errors import BadInputError, NoPromptTextError
 from core.query import Query, Term
 from core.startup import open_search_service
 from core.store.base import Record
@@ -122,6 +123,45 @@ async def test_more_like_this_names_the_image_it_started_from(settings):
         more = await service.more_like_row(clicked.row, 3)
     assert more.description == f"more like {clicked.id}"
     assert more.items[0].id == clicked.id
+
+
+async def test_more_like_this_names_the_rank_clicked_and_the_image(settings):
+    """#20 item 10: the rank the user saw (across pages) and the name, when the button has it."""
+    async with open_search_service(settings, progress=False) as service:
+        second_page = await service.search(Query((Term("text", "a red circle"),), limit=5, offset=5))
+        clicked = second_page.items[1]  # shown as #7
+        more = await service.more_like_row(clicked.row, 3, rank=7)
+    assert more.description == f"more like #7 ({clicked.id})"
+    assert more.items[0].id == clicked.id
+
+
+@pytest.fixture(scope="module")
+def texted_settings(tmp_path_factory, settings) -> Settings:
+    """A small collection whose images have prompts (the folder-built one has none)."""
+    with DeepLakeStore.open(settings.store.dataset) as pictures:
+        dim = pictures.info.dim
+    dataset = str(tmp_path_factory.mktemp("texted") / "prompts")
+    vectors = np.random.default_rng(0).standard_normal((3, dim)).astype(np.float32)
+    with DeepLakeStore.create(dataset, model_name="tiny", dim=dim) as store:
+        store.append([Record(id=f"t{i}", embedding=v, text=f"a {word} house")
+                      for i, (v, word) in enumerate(zip(vectors, ("red", "blue", ""), strict=True))])
+    return Settings.model_validate({**settings.model_dump(), "store": {"dataset": dataset}})
+
+
+async def test_a_filter_on_a_collection_without_prompt_text_says_why_nothing_is_found(settings, texted_settings):
+    """#20 item 11: `filter:` on a folder's images (no prompts) answered a bare "no results"."""
+    query = Query((Term("text", "a red circle"),), limit=3, include=("red",))
+    async with open_search_service(settings, progress=False) as service:
+        assert not await asyncio.to_thread(service.store.has_text)
+        with pytest.raises(NoPromptTextError, match="this collection has no prompt text to filter on"):
+            await service.search(query)
+        excluded = await service.search(Query(query.terms, limit=3, exclude=("red",)))
+        assert len(excluded.items) == 3  # nothing to exclude: every image passes
+    async with open_search_service(texted_settings, progress=False) as service:
+        assert await asyncio.to_thread(service.store.has_text)
+        assert [i.id for i in (await service.search(query)).items] == ["t0"]
+        nothing = await service.search(Query(query.terms, limit=3, include=("green",)))
+        assert nothing.items == [] and nothing.best_score is None  # the filter matched nothing
 
 
 async def test_a_one_off_search_starts_no_speech_worker_until_a_clip_needs_it(settings):

@@ -171,6 +171,18 @@ def test_search_of_zero_results(backend: Backend) -> None:
         store.search(query(0), -1)
 
 
+def test_has_text_tells_a_collection_with_prompts_from_one_without(backend: Backend) -> None:
+    """A folder's images have no text: a filter word can match nothing there (#20 item 11)."""
+    store = backend.create()
+    assert not store.has_text()
+    store.append(make_records(5, texts=[""] * 5))
+    store.search(query(0), 3)  # exact mode: the texts are in memory now
+    assert not store.has_text()
+    store.append(make_records(1, texts=["a prompt at last"], prefix="t"))
+    assert store.has_text()
+    assert backend.reopen().has_text()
+
+
 def test_include_finds_the_one_matching_row_of_a_thousand(backend: Backend) -> None:
     texts = [f"a painting of a dog, number {i}" for i in range(1000)]
     texts[613] = "A photo of a CAT on a mat"

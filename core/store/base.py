@@ -130,6 +130,11 @@ class VectorStore(Protocol):
         """The JPEG bytes stored for a row, unchanged; None when the row keeps no image."""
         ...
 
+    def has_text(self) -> bool:
+        """Whether any row has text (a prompt or caption) for filter words to match; a folder's
+        images have none. May read the whole text column: ask when a filtered search is empty."""
+        ...
+
     def refresh(self) -> bool:
         """See commits made since opening (by any process); whether rows or version changed."""
         ...

@@ -512,6 +512,17 @@ class DeepLakeStore:
             data = self._open_ds()["image"].get_bytes(row)
         return bytes(data) or None
 
+    def has_text(self) -> bool:
+        state = self._current()
+        if state.table is not None:  # exact mode: the texts are in memory
+            return any(state.table.texts[: state.table.n])
+        with self._lock.read():
+            column = self._open_ds()["text"]
+            return any(
+                any(_text(t) for t in column[lo : min(state.rows, lo + _READ_CHUNK_ROWS)])
+                for lo in range(0, state.rows, _READ_CHUNK_ROWS)
+            )
+
     def s3_keys(self) -> list[tuple[int, str, str]]:
         """`(row, id, s3_key)` of every row whose image is on S3 (the ingest checks they exist)."""
         state = self._current()
