@@ -24,7 +24,7 @@ ARG TORCH_INDEX_URL=""
 WORKDIR /src
 RUN python3 -m venv /opt/venv \
     && if [ -n "$TORCH_INDEX_URL" ]; then \
-        /opt/venv/bin/pip install --index-url "$TORCH_INDEX_URL" "torch>=2.5,<2.15" "torchaudio==2.11.0"; \
+        /opt/venv/bin/pip install --index-url "$TORCH_INDEX_URL" "torch>=2.11,<2.15" "torchaudio>=2.11,<2.12"; \
     fi
 COPY pyproject.toml README.md ./
 COPY core ./core

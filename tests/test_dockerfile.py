@@ -21,7 +21,7 @@ def hadolint() -> str:
 
 
 def test_hadolint_passes():
-    result = subprocess.run([hadolint(), "Dockerfile"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([hadolint(), "Dockerfile"], check=False, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -76,14 +76,18 @@ def test_cpu_only_installs_ask_for_the_torch_that_pyproject_accepts():
     assert 'TORCH_INDEX_URL=""' in args
     script = next(" ".join(c.value) for c in dockerfile.parse_file(str(ROOT / "Dockerfile"))
                   if c.cmd == "RUN" and "TORCH_INDEX_URL" in " ".join(c.value))
-    readme = next(line for line in (ROOT / "README.md").read_text().splitlines()
-                  if "download.pytorch.org/whl/cpu" in line and line.startswith("pip install"))
+    # Every README command that installs from the CPU index (the fresh-machine one at the top, the
+    # one under Configuration).
+    readme = [line for line in (ROOT / "README.md").read_text().splitlines()
+              if "download.pytorch.org/whl/cpu" in line and "pip install " in line]
+    assert readme
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     pinned = [d for d in dependencies if d.startswith(("torch>", "torch=", "torchaudio"))]
     assert len(pinned) == 2
     for requirement in pinned:
         assert f'"{requirement}"' in script
-        assert f'"{requirement}"' in readme
+        for line in readme:
+            assert f'"{requirement}"' in line, line
 
 
 def test_health_listens_on_loopback_unless_the_image_says_otherwise(monkeypatch):
