@@ -8,6 +8,8 @@ REST calls the fake recorded (and the files uploaded with them).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 from contextlib import AsyncExitStack
 
@@ -211,7 +213,9 @@ async def assert_shows(service: SearchService, posted: Posted, expected: SearchR
     for embed, item in zip(posted.embeds, expected.items, strict=True):
         assert f"score {item.score:.3f}" in embed["title"]
     actions = [decode_action(i) for i in posted.custom_ids()]
-    assert actions[: len(expected.items)] == [MoreLikeThis(item.row) for item in expected.items]
+    assert actions[: len(expected.items)] == [
+        MoreLikeThis(item.row, expected.offset + i) for i, item in enumerate(expected.items, 1)
+    ]
     if expected.has_more:
         assert isinstance(actions[-1], NextPage) and actions[-1].offset == expected.next_offset
     assert expected.description in posted.content
@@ -249,20 +253,15 @@ async def test_slash_command_with_text_defers_at_once_then_follows_up_with_the_r
 
 
 async def test_filter_and_exclude_options_filter_by_prompt(fake, runner):
-    # The folder-built dataset has no prompts: a required word matches nothing, an excluded one
-    # leaves every image in.
-    for options, expected_text in (
-        ({"query": "a red circle", "filter": "zebra"}, 'a red circle filter:"zebra"'),
-        ({"query": "a red circle", "exclude": '"zebra"'}, 'a red circle -filter:"zebra"'),
-    ):
-        interaction = await fake.slash_command(fake.snowflake(), options)
-        posted = await answer_to(fake, interaction)
-        expected = await runner.service.search(text_query(expected_text))
-        if expected.items:
-            await assert_shows(runner.service, posted, expected)
-        else:
-            assert "Nothing found" in posted.content
+    # The folder-built dataset has no prompts: an excluded word leaves every image in, and a
+    # required one is told why it matches nothing (#20 item 11: a bare "Nothing found" before).
+    interaction = await fake.slash_command(fake.snowflake(), {"query": "a red circle", "exclude": '"zebra"'})
+    expected = await runner.service.search(text_query('a red circle -filter:"zebra"'))
+    await assert_shows(runner.service, await answer_to(fake, interaction), expected)
     assert len(expected.items) == LIMIT
+    interaction = await fake.slash_command(fake.snowflake(), {"query": "a red circle", "filter": "zebra"})
+    message = await failed(fake, interaction)
+    assert message.startswith("This collection has no prompt text to filter on")
 
 
 async def test_slash_command_with_an_image_downloads_it_from_the_cdn_after_the_ack(fake, runner):
@@ -309,8 +308,18 @@ async def test_more_like_this_and_next_page_buttons(fake, runner):
     more_answer = await answer_to(fake, more)
     assert_acked_in_time(more)
     assert more_answer is not posted
+    clicked = expected.items[1]
     await assert_shows(runner.service, more_answer,
-                       await runner.service.more_like_row(expected.items[1].row, LIMIT))
+                       await runner.service.more_like_row(clicked.row, LIMIT, rank=2))
+    # #20 item 10: the rank the user clicked, and the image's name.
+    assert more_answer.content.startswith(f"Results 1-{LIMIT} for: more like #2 ({clicked.id})")
+    # A message posted before the ids carried the rank: its button names the image only.
+    old_id = f"sa:more:{clicked.row}"
+    before = dataclasses.replace(posted, body=json.loads(json.dumps(posted.body).replace(
+        json.dumps(posted.button("More like #2")), json.dumps(old_id))))
+    old = await answer_to(fake, await fake.click(fake.snowflake(), before, old_id))
+    assert old.content.startswith(f"Results 1-{LIMIT} for: more like {clicked.id}")
+    assert old.embeds == more_answer.embeds
 
     page_id = posted.button("Next page")
     page = await fake.click(fake.snowflake(), posted, page_id)
@@ -339,8 +348,10 @@ async def test_buttons_of_a_reply_work_after_a_restart(fake, runner, caplog):
 
     more = await fake.click(fake.snowflake(), posted, posted.custom_ids()[0])
     assert final(page) is posted
-    row = decode_action(posted.custom_ids()[0]).row
-    await assert_shows(runner.service, await answer_to(fake, more), await runner.service.more_like_row(row, LIMIT))
+    action = decode_action(posted.custom_ids()[0])
+    assert action.rank == LIMIT + 1  # the first result of the second page
+    await assert_shows(runner.service, await answer_to(fake, more),
+                       await runner.service.more_like_row(action.row, LIMIT, rank=action.rank))
     assert TOKEN not in caplog.text
 
 
@@ -521,6 +532,8 @@ async def test_a_page_holds_at_most_the_ten_embeds_of_a_message(fake, runner):
     assert runner.settings.search.max_limit > 10 and PICTURES > 10
     posted = await answer_to(fake, await fake.slash_command(fake.snowflake(), {"query": "a cat", "limit": 50}))
     assert len(posted.embeds) == 10
+    # #20 item 11: said, not clamped silently.
+    assert posted.content.splitlines()[1] == "Showing 10 results per page, not 50: a page holds at most 10."
     assert decode_action(posted.button("Next page")).offset == 10
 
 
@@ -591,7 +604,8 @@ async def test_commands_are_registered_only_with_sync(fake, runner):
     assert set(commands) == {("search", 1), (IMAGE_MENU, 3), (AUDIO_MENU, 3)}
     options = {o["name"]: o for o in commands[("search", 1)]["options"]}
     assert {name: o["type"] for name, o in options.items()} == {
-        "query": 3, "image": 11, "audio": 11, "limit": 4, "filter": 3, "exclude": 3}
+        "query": 3, "image": 11, "audio": 11, "limit": 4, "filter": 3, "exclude": 3, "source": 3, "in": 3}
+    assert [c["value"] for c in options["source"]["choices"]] == ["memory", "collection", "both"]
     assert (options["limit"]["min_value"], options["limit"]["max_value"]) == (1, 10)
     assert not any(o.get("required") for o in options.values())
 

@@ -4,13 +4,17 @@ The Discord, Slack and web renderers all start from `build_reply`, so they say t
 what was searched (and heard), each image's score, shortened prompt and folded near-duplicates,
 why nothing is shown, and which buttons to offer.
 
-A button's id must survive a restart and fit Discord's 100-character custom id, so it carries
-only a result's dataset row ("More like this": its stored embedding is searched, nothing is
-re-encoded) or a remembered query's page key and offset ("Next page"). Rows are stable: the
-collection is only ever appended to.
+A button's id must survive a restart and fit Discord's 100-character custom id (and Slack's
+255-character action id), so it carries only a result's dataset row and the rank it was shown
+at ("More like #N": its stored embedding is searched, nothing is re-encoded; the rank names it
+as the user saw it) or a remembered query's page key and offset ("Next page"). Rows are stable:
+the collection is only ever appended to.
 
-    sa:more:<row>              more like the image at <row>
+    sa:more:<row>:<rank>       more like the image at <row>, shown as result #<rank>
+    sa:more:<row>              the same, from a message posted before ids carried the rank
     sa:page:<page key>:<offset>
+    sa:mem:<message>/<item>    more like a remembered image of channel memory (the server is
+                               the one the button is pressed in; core/memory)
 
 Offsets go to `MAX_DEPTH` (core/service.py): a page that reaches it has no "Next page" and says
 so (`DEPTH_NOTICE`); an id with a deeper offset (the id allows six digits) is answered with the
@@ -24,21 +28,25 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from core.errors import BadInputError
+from core.memory.model import SearchScope
 from core.service import MAX_DEPTH, ResultItem, SearchResult, SearchService
 
 # ---------------------------------------------------------------------- buttons
 
 PREFIX = "sa:"
-_MORE = re.compile(r"^sa:more:(\d{1,12})$")
+_MORE = re.compile(r"^sa:more:(\d{1,12})(?::([1-9]\d{0,5}))?$")
 _PAGE = re.compile(r"^sa:page:([0-9a-f]{8,40}):(\d{1,6})$")
 
 
 @dataclass(frozen=True)
 class MoreLikeThis:
     row: int
+    rank: int | None = None  # 1-based, across pages; None in ids from before it was carried
 
     def encode(self) -> str:
-        return f"{PREFIX}more:{self.row}"
+        rank = f":{self.rank}" if self.rank is not None else ""
+        return f"{PREFIX}more:{self.row}{rank}"
 
 
 @dataclass(frozen=True)
@@ -50,21 +58,46 @@ class NextPage:
         return f"{PREFIX}page:{self.page_key}:{self.offset}"
 
 
-Action = MoreLikeThis | NextPage
+@dataclass(frozen=True)
+class MoreLikeRemembered:
+    """More like a channel-memory image (`ResultItem.id`, "<message>/<item>"), searched within
+    what the person pressing may read."""
+
+    item_id: str
+
+    def encode(self) -> str:
+        return f"{PREFIX}mem:{self.item_id}"
+
+
+_MEMORY_MORE = re.compile(r"^sa:mem:([0-9A-Za-z_.-]{1,40}/[0-9A-Za-z_.-]{1,40})$")
+
+Action = MoreLikeThis | NextPage | MoreLikeRemembered
 
 
 def decode_action(custom_id: str) -> Action | None:
     """The action a button id stands for; None for ids that are not ours or are malformed."""
     if match := _MORE.match(custom_id):
-        return MoreLikeThis(int(match.group(1)))
+        rank = match.group(2)
+        return MoreLikeThis(int(match.group(1)), int(rank) if rank else None)
     if match := _PAGE.match(custom_id):
         return NextPage(match.group(1), int(match.group(2)))
+    if match := _MEMORY_MORE.match(custom_id):
+        return MoreLikeRemembered(match.group(1))
     return None
 
 
-async def run_action(service: SearchService, action: Action, limit: int | None = None) -> SearchResult:
+async def run_action(service: SearchService, action: Action, limit: int | None = None,
+                     scope: SearchScope | None = None) -> SearchResult:
+    """Run a button. `scope`: what the person pressing it may see now (a front end with channel
+    memory passes it; None is the operator's view: a remembered search's own scope)."""
+    if isinstance(action, MoreLikeRemembered):
+        if scope is None or scope.tenant is None:
+            raise BadInputError("that image is from a server's channel memory: use the button there")
+        return await service.more_like_memory(scope, action.item_id, limit)
+    if isinstance(action, NextPage) and scope is not None:
+        return await service.page(action.page_key, action.offset, channels=scope.channels or frozenset())
     if isinstance(action, MoreLikeThis):
-        return await service.more_like_row(action.row, limit)
+        return await service.more_like_row(action.row, limit, rank=action.rank)
     return await service.page(action.page_key, action.offset)
 
 
@@ -85,7 +118,7 @@ class ReplyImage:
     caption: str  # the prompt, shortened; "" when the image has none
     score: str  # "0.312"
     similar: str  # "+2 similar" or ""
-    more: MoreLikeThis
+    more: MoreLikeThis | MoreLikeRemembered
 
 
 @dataclass(frozen=True)
@@ -95,10 +128,11 @@ class Reply:
     images: list[ReplyImage]
     notice: str  # why there are no (more) images ("no good match ...", how deep results go), else ""
     next_page: NextPage | None
+    notes: tuple[str, ...] = ()  # how the request was read ("Showing 10 results per page, not 50: ...")
 
     def summary_lines(self) -> list[str]:
-        """The header, what was heard and the notice, as plain lines."""
-        return [line for line in (self.header, self.heard, self.notice) if line]
+        """The header, what was heard, the notes and the notice, as plain lines."""
+        return [line for line in (self.header, self.heard, *self.notes, self.notice) if line]
 
 
 def is_web_url(url: str | None) -> bool:
@@ -150,7 +184,7 @@ def build_reply(result: SearchResult, *, caption_chars: int = 200, query_chars: 
             caption=shorten(item.text, caption_chars),
             score=f"{item.score:.3f}",
             similar=f"+{item.similar} similar" if item.similar else "",
-            more=MoreLikeThis(item.row),
+            more=MoreLikeRemembered(item.id) if item.memory is not None else MoreLikeThis(item.row, first + i),
         )
         for i, item in enumerate(result.items)
     ]
@@ -178,4 +212,5 @@ def build_reply(result: SearchResult, *, caption_chars: int = 200, query_chars: 
         images=images,
         notice=notice,
         next_page=next_page_action(result),
+        notes=result.notes,
     )

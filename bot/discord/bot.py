@@ -29,6 +29,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord.cog import SearchCog, answer_command_error
+from bot.discord.memory import MemoryCog
 from bot.discord.render import ActionButton
 from bot.ops import serve_ops, stop_on_signals, until_stopped
 from core.config import Secrets, Settings
@@ -45,6 +46,9 @@ BAD_TOKEN = ("Discord refused the token in DISCORD_TOKEN: copy it again from the
 INTENT_REFUSED = ("Discord refused the Message Content intent: turn on \"Message Content Intent\" in the "
                   "Developer Portal (your application > Bot > Privileged Gateway Intents), or set "
                   "[discord] message_content_intent = false (mentions and DMs work without it)")
+MEMORY_INTENT_REFUSED = ("Discord refused the Message Content intent, which channel memory needs to see the images "
+                         "posted in channels: turn on \"Message Content Intent\" in the Developer Portal (your "
+                         "application > Bot > Privileged Gateway Intents), or set [memory] enabled = false")
 SYNC_REFUSED = ("Discord refused to register the commands{where}: invite the bot with the "
                 "applications.commands scope (docs/discord.md, step 2){guild}")
 
@@ -77,9 +81,14 @@ class SearchBot(commands.Bot):
     def __init__(self, settings: Settings, service: SearchService, session: aiohttp.ClientSession, *,
                  sync: Sync = False, **options: Any):
         intents = discord.Intents.default()
-        intents.message_content = settings.discord.message_content_intent
+        # Channel memory sees the images of every message only with Message Content (docs/memory.md).
+        self.memory_on = service.channel_memory is not None
+        intents.message_content = settings.discord.message_content_intent or self.memory_on
         super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None, **options)
         self.cog = SearchCog(self, settings, service, session)
+        memory = service.channel_memory
+        self.memory_cog = None if memory is None or self.cog.access is None else MemoryCog(
+            self, settings, memory, session, self.cog.access)
         self.sync_commands = sync
         self.announced = False
         self.gateway_up = False  # READY or RESUMED seen, and no disconnect since
@@ -87,6 +96,8 @@ class SearchBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         await self.add_cog(self.cog)
+        if self.memory_cog is not None:
+            await self.add_cog(self.memory_cog)
         self.add_dynamic_items(ActionButton)
         if self.sync_commands is not False:
             await self.register_commands(None if self.sync_commands is True else int(self.sync_commands))
@@ -134,6 +145,8 @@ class SearchBot(commands.Bot):
     async def shut_down(self, grace_s: float) -> None:
         """Refuse new requests, give those in flight `grace_s` seconds to be answered, close."""
         self.cog.closing = True
+        if self.memory_cog is not None:
+            await self.memory_cog.cog_unload()
         in_flight = set(self.cog.in_flight)
         if in_flight:
             log.info("shutting down: answering %d requests in flight", len(in_flight))
@@ -145,7 +158,8 @@ class SearchBot(commands.Bot):
     async def on_tree_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         """Errors of the context menus and of commands the bot does not know; the cog's own
         commands were answered by `SearchCog.cog_app_command_error`."""
-        if getattr(interaction.command, "binding", None) is self.cog:
+        binding = getattr(interaction.command, "binding", None)
+        if binding is not None and binding in (self.cog, self.memory_cog):
             return
         await answer_command_error(interaction, error)
 
@@ -170,7 +184,7 @@ async def connect(bot: SearchBot, token: str) -> None:
     except discord.LoginFailure:
         raise ConfigError(BAD_TOKEN) from None
     except discord.PrivilegedIntentsRequired:
-        raise ConfigError(INTENT_REFUSED) from None
+        raise ConfigError(MEMORY_INTENT_REFUSED if bot.memory_on else INTENT_REFUSED) from None
 
 
 @asynccontextmanager

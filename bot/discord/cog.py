@@ -15,7 +15,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import discord
@@ -26,6 +26,7 @@ from bot.common.downloads import fetch_files
 from bot.common.handle import (
     Admission,
     NotAllowedHereError,
+    PageSize,
     PendingFile,
     build_query,
     check_attachment_count,
@@ -33,7 +34,14 @@ from bot.common.handle import (
     on_allow_list,
     user_message,
 )
-from bot.common.reply import Action, MoreLikeThis, build_reply, run_action
+from bot.common.reply import (
+    Action,
+    MoreLikeRemembered,
+    NextPage,
+    build_reply,
+    run_action,
+)
+from bot.discord.memory import MemoryAccess, Where
 from bot.discord.render import (
     ACTION_EVENT,
     MAX_EMBEDS,
@@ -46,6 +54,8 @@ from bot.discord.render import (
 from core.config import Settings
 from core.errors import BadInputError, EmptyQueryError, SearchAllError
 from core.media.kinds import MediaKind, media_kind
+from core.memory.memory import MEMORY_OFF
+from core.memory.model import COLLECTION, SearchScope
 from core.query import parse_query_text
 from core.service import SearchResult, SearchService
 
@@ -145,6 +155,9 @@ class SearchCog(commands.Cog):
         self.admission = Admission(settings, per_message=MAX_EMBEDS)
         self.closing = False  # set on shutdown: new requests are refused, those admitted finish
         self.in_flight: set[asyncio.Task] = set()  # the tasks answering admitted requests
+        # Channel memory (bot/discord/memory.py): who may read which channels, at query time.
+        memory = service.channel_memory
+        self.access = None if memory is None else MemoryAccess(memory, settings.memory.access_cache_seconds)
         self.menus = [
             app_commands.ContextMenu(name=IMAGE_MENU, callback=self.with_image),
             app_commands.ContextMenu(name=AUDIO_MENU, callback=self.with_audio),
@@ -206,7 +219,10 @@ class SearchCog(commands.Cog):
         limit="how many results (1-10)",
         filter="only images whose prompt contains this word or phrase",
         exclude="leave out images whose prompt contains this word or phrase",
+        source="where to look: this server's channel memory, the shared collection, or both",
+        where="channel memory of this channel only, or of every channel you can read (the default)",
     )
+    @app_commands.rename(where="in")
     async def search_command(
         self,
         interaction: discord.Interaction,
@@ -216,9 +232,12 @@ class SearchCog(commands.Cog):
         limit: app_commands.Range[int, 1, 10] | None = None,
         filter: str | None = None,
         exclude: str | None = None,
+        source: Literal["memory", "collection", "both"] | None = None,
+        where: Where | None = None,
     ) -> None:
         text = (with_filter_words(query, filter, exclude) or "").strip()
         try:
+            scope = self.scope_for(interaction.guild, interaction.user, interaction.channel_id, source, where)
             files = [pending(a, self.settings, expect=kind)
                      for a, kind in ((image, "image"), (audio, "audio")) if a is not None]
             if not text and not files:
@@ -227,7 +246,18 @@ class SearchCog(commands.Cog):
             parse_query_text(text, max_chars=limits.max_query_chars, max_terms=limits.max_terms)
         except Exception as exc:
             return await self.refuse(interaction, exc)
-        await self.answer(interaction, text, files, self.admission.limit(limit))
+        await self.answer(interaction, text, files, self.admission.page_size(limit), scope)
+
+    def scope_for(self, guild: discord.Guild | None, user: discord.abc.User, channel_id: int | None,
+                  source: str | None = None, where: Where | None = None) -> SearchScope:
+        """What a search here may see: the shared collection, and in a server with channel
+        memory the channels `user` can read now (bot/discord/memory.py)."""
+        if self.access is None:
+            if source == "memory" or where is not None:
+                raise BadInputError(MEMORY_OFF)
+            return COLLECTION
+        return self.access.scope(guild, user, source=source, where=where, channel_id=channel_id,  # type: ignore[arg-type]
+                                 default=self.settings.memory.default_source)
 
     async def with_image(self, interaction: discord.Interaction, message: discord.Message) -> None:
         await self.context_menu(interaction, message, "image")
@@ -240,9 +270,10 @@ class SearchCog(commands.Cog):
         try:
             self.admit_interaction(interaction)
             files = [pending(first_of_kind(message, kind), self.settings)]
+            scope = self.scope_for(interaction.guild, interaction.user, interaction.channel_id)
         except Exception as exc:
             return await self.refuse(interaction, exc)
-        await self.answer(interaction, "", files, self.admission.limit(None))
+        await self.answer(interaction, "", files, self.admission.page_size(None), scope)
 
     @commands.Cog.listener(f"on_{ACTION_EVENT}")
     async def on_search_action(self, interaction: discord.Interaction, action: Action) -> None:
@@ -251,11 +282,18 @@ class SearchCog(commands.Cog):
             self.admit_interaction(interaction)
         except Exception as exc:
             return await self.refuse(interaction, exc)
-        more = isinstance(action, MoreLikeThis)
+        more = not isinstance(action, NextPage)
         if not await first_answer(interaction, interaction.response.defer(thinking=more)):
             return
         try:
-            result = await run_action(self.service, action, self.admission.limit(None))
+            # Memory pages and "more like" a remembered image: what the presser may read now.
+            scope = None
+            if self.access is not None and interaction.guild is not None:
+                scope = self.scope_for(interaction.guild, interaction.user, interaction.channel_id,
+                                       "memory" if isinstance(action, MoreLikeRemembered) else None)
+            elif isinstance(action, MoreLikeRemembered) or interaction.guild is None:
+                scope = COLLECTION
+            result = await run_action(self.service, action, self.admission.limit(None), scope)
             rendered = await self.render(result, interaction.filesize_limit)
             if more:
                 await interaction.followup.send(**rendered.send_kwargs(), wait=True)
@@ -266,11 +304,12 @@ class SearchCog(commands.Cog):
 
     # ------------------------------------------------------------------ searching and answering
 
-    async def search(self, text: str, files: Sequence[PendingFile], limit: int) -> SearchResult:
+    async def search(self, text: str, files: Sequence[PendingFile], limit: int,
+                     scope: SearchScope = COLLECTION) -> SearchResult:
         attachments = await fetch_files(self.session, files, allowed_hosts=self.settings.discord.attachment_hosts,
                                         max_bytes=self.settings.limits.max_file_bytes)
         query = build_query(text, attachments, limits=self.settings.limits, limit=limit)
-        return await self.service.search(query)
+        return await self.service.search(query, scope)
 
     async def render(self, result: SearchResult, upload_limit: int) -> RenderedReply:
         reply = build_reply(result, caption_chars=self.settings.bot.caption_chars)
@@ -297,12 +336,12 @@ class SearchCog(commands.Cog):
             log.warning("could not tell the user about a failed search: %s", message)
 
     async def answer(self, interaction: discord.Interaction, text: str, files: Sequence[PendingFile],
-                     limit: int) -> None:
-        """Defer, search, follow up (or explain the failure)."""
+                     size: PageSize, scope: SearchScope = COLLECTION) -> None:
+        """Defer, search, follow up (or explain the failure); a page smaller than asked says so."""
         if not await first_answer(interaction, interaction.response.defer(thinking=True)):
             return
         try:
-            result = await self.search(text, files, limit)
+            result = size.told(await self.search(text, files, size.value, scope))
             rendered = await self.render(result, interaction.filesize_limit)
             await interaction.followup.send(**rendered.send_kwargs(), wait=True)
         except Exception as exc:  # every failure gets an answer; user_message logs the unexpected
@@ -334,8 +373,9 @@ class SearchCog(commands.Cog):
             files = [pending(a, self.settings) for a in message.attachments]
             if not text and not files:
                 raise EmptyQueryError(NOTHING_TO_SEARCH)
+            scope = self.scope_for(message.guild, message.author, message.channel.id)
             async with message.channel.typing():
-                result = await self.search(text, files, self.admission.limit(None))
+                result = await self.search(text, files, self.admission.limit(None), scope)
                 upload_limit = message.guild.filesize_limit if message.guild else DEFAULT_UPLOAD_LIMIT
                 rendered = await self.render(result, upload_limit)
             await message.reply(**rendered.send_kwargs(), mention_author=False)

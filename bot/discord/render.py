@@ -32,7 +32,7 @@ EMBED_COLOUR = discord.Colour(0x5865F2)
 DOWNSCALE_SIDES = (1024, 768, 512, 384, 256, 160, 96)
 NOT_ATTACHED = "image not attached: it does not fit this channel's upload limit"
 NO_IMAGE = "image not available"
-BUTTON_ID = re.compile(r"sa:(?:more|page):[0-9a-f:]{1,80}")
+BUTTON_ID = re.compile(r"sa:(?:more|page):[0-9a-f:]{1,80}|sa:mem:[0-9A-Za-z_.-]{1,40}/[0-9A-Za-z_.-]{1,40}")
 ACTION_EVENT = "search_action"  # the cog's `on_search_action` listener runs a pressed button
 
 
@@ -156,6 +156,11 @@ def _embed(image: ReplyImage, uploads: Mapping[str, bytes], unavailable: Collect
     if image.similar:
         title += f" · {image.similar}"
     embed = discord.Embed(title=title, description=image.caption or None, colour=EMBED_COLOUR)
+    meta = image.item.memory
+    if meta is not None:  # channel memory: who posted it, where, when, and the way back to it
+        origin = f"Posted by <@{meta.author}> in <#{meta.channel}>, <t:{int(meta.posted_at)}:D> · [original]({meta.link})"
+        embed.description = f"{image.caption}\n{origin}" if image.caption else origin
+        embed.url = meta.link
     if is_web_url(image.item.url):
         embed.url = image.item.url
         embed.set_image(url=image.item.url)

@@ -18,6 +18,14 @@ timestamp, and enforces the rules the bot must respect, answering as Discord doe
   that intent, guild messages that do not mention the bot arrive without content or files;
 - `rate_limit_once` answers the next matching call with 429, `retry_after` and a `Via` header.
 
+Servers, roles and private channels (channel memory's tests): `add_guild`, `add_role`,
+`add_channel(private_to=role)` (permission overwrites: @everyone denied View Channel, the role
+allowed), and members with `roles=` in `slash_command` / `user_message`, so discord.py computes
+each member's permissions itself. Messages users post are kept per channel and served by
+`GET /channels/{id}/messages` (`before`, `limit`, newest first); `delete_message`,
+`edit_message`, `delete_channel` and `remove_guild` dispatch MESSAGE_DELETE, MESSAGE_UPDATE,
+CHANNEL_DELETE and GUILD_DELETE.
+
 Its clock (`now`) can be moved forward (`advance`) so expiry is tested without waiting. Replies
 use exactly `Content-Type: application/json` (discord.py rejects a charset), and ids are
 time-based snowflakes (discord.py derives creation times from them).
@@ -48,6 +56,9 @@ MESSAGE_CONTENT_INTENT = 1 << 15
 PRIVILEGED_INTENTS = (1 << 1) | (1 << 8) | MESSAGE_CONTENT_INTENT  # members, presences, content
 EPHEMERAL = 1 << 6
 VOICE_MESSAGE = 1 << 13
+VIEW_CHANNEL = 1 << 10
+READ_MESSAGE_HISTORY = 1 << 16
+EVERYONE_PERMISSIONS = "2248473465835073"  # view, send, read history, ... (no manage_*)
 
 Json = dict[str, Any]
 
@@ -179,6 +190,11 @@ class FakeDiscord:
         self.guild_id = self.snowflake()
         self.channel_id = self.snowflake()
         self.other_channel_id = self.snowflake()
+        # every server: its name, roles (the first is @everyone) and channels (payloads)
+        self.guilds: dict[int, Json] = {}
+        self._guild_of: dict[int, int] = {}  # channel id -> guild id
+        self.history: dict[int, list[Json]] = {}  # channel id -> messages users posted, oldest first
+        self._add_guild_state(self.guild_id, "fake guild", [self.channel_id, self.other_channel_id])
         self.calls: list[Call] = []
         self.identifies: list[Json] = []
         self.commands: dict[str, list[Json]] = {}  # "global" or a guild id -> synced commands
@@ -211,6 +227,7 @@ class FakeDiscord:
             ("DELETE", "/webhooks/{app}/{token}/messages/{message}", self._delete_webhook_message),
             ("POST", "/channels/{channel}/messages", self._channel_message),
             ("POST", "/channels/{channel}/typing", self._typing),
+            ("GET", "/channels/{channel}/messages", self._channel_history),
         ]
         for method, path, handler in routes:
             app.router.add_route(method, api + path, handler)
@@ -287,14 +304,64 @@ class FakeDiscord:
             data["bot"] = True
         return data
 
-    def member(self, user: Json) -> Json:
-        return {"user": user, "roles": [], "joined_at": iso(), "deaf": False, "mute": False, "flags": 0,
-                "permissions": "2248473465835073", "nick": None, "avatar": None}
+    def member(self, user: Json, roles: list[int] | tuple[int, ...] = ()) -> Json:
+        return {"user": user, "roles": [str(r) for r in roles], "joined_at": iso(), "deaf": False, "mute": False,
+                "flags": 0, "permissions": EVERYONE_PERMISSIONS, "nick": None, "avatar": None}
 
     def channel(self, channel_id: int) -> Json:
-        return {"id": str(channel_id), "type": 0, "guild_id": str(self.guild_id), "name": f"c{channel_id % 1000}",
+        guild_id = self._guild_of.get(channel_id, self.guild_id)
+        for known in self.guilds.get(guild_id, {}).get("channels", []):
+            if known["id"] == str(channel_id):
+                return known
+        return {"id": str(channel_id), "type": 0, "guild_id": str(guild_id), "name": f"c{channel_id % 1000}",
                 "position": 0, "permission_overwrites": [], "nsfw": False, "parent_id": None,
                 "rate_limit_per_user": 0, "topic": None, "last_message_id": None, "flags": 0}
+
+    def guild_of(self, channel_id: int) -> int:
+        return self._guild_of.get(channel_id, self.guild_id)
+
+    def _add_guild_state(self, guild_id: int, name: str, channel_ids: list[int]) -> None:
+        everyone = {"id": str(guild_id), "name": "@everyone", "permissions": EVERYONE_PERMISSIONS,
+                    "position": 0, "color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0}
+        self.guilds[guild_id] = {"name": name, "roles": [everyone], "channels": [],
+                                 "owner_id": str(self.snowflake())}
+        for channel_id in channel_ids:
+            self._guild_of[channel_id] = guild_id
+            self.guilds[guild_id]["channels"].append(self.channel(channel_id))
+
+    def add_guild(self, name: str = "another guild") -> tuple[int, int]:
+        """A new server with one text channel: `(guild id, channel id)`. Add servers before the bot
+        connects (they come in READY)."""
+        guild_id, channel_id = self.snowflake(), self.snowflake()
+        self._add_guild_state(guild_id, name, [channel_id])
+        return guild_id, channel_id
+
+    def add_role(self, guild_id: int, name: str, permissions: int = 0) -> int:
+        role_id = self.snowflake()
+        self.guilds[guild_id]["roles"].append(
+            {"id": str(role_id), "name": name, "permissions": str(permissions), "position": len(
+                self.guilds[guild_id]["roles"]), "color": 0, "hoist": False, "managed": False,
+             "mentionable": False, "flags": 0})
+        return role_id
+
+    def add_channel(self, guild_id: int, *, private_to: int | None = None) -> int:
+        """A text channel; `private_to`: only that role may view it and read its history."""
+        channel_id = self.snowflake()
+        self._guild_of[channel_id] = guild_id
+        payload = self.channel(channel_id)
+        if private_to is not None:
+            payload["permission_overwrites"] = [
+                {"id": str(guild_id), "type": 0, "allow": "0", "deny": str(VIEW_CHANNEL)},
+                {"id": str(private_to), "type": 0, "allow": str(VIEW_CHANNEL | READ_MESSAGE_HISTORY), "deny": "0"},
+            ]
+        self.guilds[guild_id]["channels"].append(payload)
+        return channel_id
+
+    async def create_channel(self, guild_id: int, *, private_to: int | None = None) -> int:
+        """`add_channel` while the bot is connected: CHANNEL_CREATE dispatched."""
+        channel_id = self.add_channel(guild_id, private_to=private_to)
+        await self.dispatch("CHANNEL_CREATE", self.channel(channel_id))
+        return channel_id
 
     def dm_channel_id(self, user_id: int) -> int:
         return user_id | (1 << 12)  # a distinct process id: never one of the fake's snowflakes
@@ -303,14 +370,14 @@ class FakeDiscord:
         return {"id": str(self.dm_channel_id(int(user["id"]))), "type": 1, "recipients": [user],
                 "last_message_id": None, "flags": 0}
 
-    def guild(self) -> Json:
-        everyone = {"id": str(self.guild_id), "name": "@everyone", "permissions": "2248473465835073",
-                    "position": 0, "color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0}
+    def guild(self, guild_id: int | None = None) -> Json:
+        guild_id = guild_id or self.guild_id
+        state = self.guilds[guild_id]
         return {
-            "id": str(self.guild_id), "name": "fake guild", "icon": None, "owner_id": str(self.snowflake()),
-            "roles": [everyone], "emojis": [], "stickers": [], "features": [], "large": False,
+            "id": str(guild_id), "name": state["name"], "icon": None, "owner_id": state["owner_id"],
+            "roles": state["roles"], "emojis": [], "stickers": [], "features": [], "large": False,
             "member_count": 2, "members": [self.member(self.bot_user)],
-            "channels": [self.channel(self.channel_id), self.channel(self.other_channel_id)],
+            "channels": state["channels"],
             "threads": [], "presences": [], "voice_states": [], "stage_instances": [],
             "guild_scheduled_events": [], "unavailable": False, "premium_tier": 0, "mfa_level": 0,
             "verification_level": 0, "explicit_content_filter": 0, "default_message_notifications": 0,
@@ -353,7 +420,7 @@ class FakeDiscord:
             "flags": (EPHEMERAL if posted.ephemeral else 0) | int(posted.body.get("flags") or 0) & ~EPHEMERAL,
         }
         if posted.interaction_id is None:
-            data["guild_id"] = str(self.guild_id)
+            data["guild_id"] = str(self.guild_of(posted.channel_id))
         if posted.reference is not None:
             data["message_reference"] = {"message_id": str(posted.reference), "channel_id": str(posted.channel_id)}
         return data
@@ -377,7 +444,8 @@ class FakeDiscord:
             await self._send_event(session, event, data)
 
     def new_interaction(self, itype: int, data: Json, *, user: Json, channel_id: int | None, dm: bool = False,
-                     message: Json | None = None, upload_limit: int = DEFAULT_UPLOAD_LIMIT) -> Interaction:
+                     message: Json | None = None, upload_limit: int = DEFAULT_UPLOAD_LIMIT,
+                     roles: tuple[int, ...] = ()) -> Interaction:
         """An interaction the fake will accept callbacks for (not dispatched: see `slash_command`)."""
         interaction_id = self.snowflake()
         token = "itoken-" + secrets.token_urlsafe(24)
@@ -392,8 +460,8 @@ class FakeDiscord:
             payload["channel_id"] = payload["channel"]["id"]
             payload["context"] = 1
         else:
-            payload["guild_id"] = str(self.guild_id)
-            payload["member"] = self.member(user)
+            payload["guild_id"] = str(self.guild_of(channel_id or self.channel_id))
+            payload["member"] = self.member(user, roles)
             payload["channel"] = self.channel(channel_id or self.channel_id)
             payload["channel_id"] = payload["channel"]["id"]
             payload["guild_locale"] = "en-US"
@@ -407,16 +475,20 @@ class FakeDiscord:
 
     async def slash_command(self, user_id: int, options: Json, *, name: str = "search",
                             attachments: dict[str, Json] | None = None, channel_id: int | None = None,
-                            dm: bool = False, upload_limit: int = DEFAULT_UPLOAD_LIMIT) -> Interaction:
-        """A `/name` command; `options` maps option names to values (attachments by payload)."""
+                            dm: bool = False, upload_limit: int = DEFAULT_UPLOAD_LIMIT,
+                            subcommand: str | None = None, roles: tuple[int, ...] = ()) -> Interaction:
+        """A `/name` command (`/name subcommand` with `subcommand`); `options` maps option names to
+        values (attachments by payload); `roles`: the member's roles."""
         attachments = attachments or {}
         command_options = [{"name": k, "type": 3 if isinstance(v, str) else 4, "value": v} for k, v in options.items()]
         command_options += [{"name": k, "type": 11, "value": a["id"]} for k, a in attachments.items()]
+        if subcommand is not None:
+            command_options = [{"name": subcommand, "type": 1, "options": command_options}]
         data: Json = {"id": str(self.snowflake()), "name": name, "type": 1, "options": command_options}
         if attachments:
             data["resolved"] = {"attachments": {a["id"]: a for a in attachments.values()}}
         interaction = self.new_interaction(2, data, user=self.user(user_id), channel_id=channel_id, dm=dm,
-                                        upload_limit=upload_limit)
+                                        upload_limit=upload_limit, roles=roles)
         await self.dispatch("INTERACTION_CREATE", interaction.payload)
         return interaction
 
@@ -429,17 +501,18 @@ class FakeDiscord:
         await self.dispatch("INTERACTION_CREATE", interaction.payload)
         return interaction
 
-    async def click(self, user_id: int, message: Posted, custom_id: str) -> Interaction:
+    async def click(self, user_id: int, message: Posted, custom_id: str, *,
+                    roles: tuple[int, ...] = ()) -> Interaction:
         """A button press on one of the bot's messages."""
         data = {"custom_id": custom_id, "component_type": 2}
         interaction = self.new_interaction(3, data, user=self.user(user_id), channel_id=message.channel_id,
-                                        message=self.message_payload(message))
+                                        message=self.message_payload(message), roles=roles)
         await self.dispatch("INTERACTION_CREATE", interaction.payload)
         return interaction
 
     def user_message(self, user_id: int, content: str, *, attachments: list[Json] | None = None,
                      channel_id: int | None = None, mention: bool = False, dm: bool = False,
-                     voice: bool = False) -> Json:
+                     voice: bool = False, roles: tuple[int, ...] = ()) -> Json:
         """A message payload by a user (not dispatched: see `send_message`)."""
         author = self.user(user_id)
         message_id = self.snowflake()
@@ -456,10 +529,37 @@ class FakeDiscord:
             data["channel_id"] = self.dm_channel(author)["id"]
         else:
             data["channel_id"] = str(channel_id or self.channel_id)
-            data["guild_id"] = str(self.guild_id)
-            data["member"] = {k: v for k, v in self.member(author).items() if k != "user"}
+            data["guild_id"] = str(self.guild_of(int(data["channel_id"])))
+            data["member"] = {k: v for k, v in self.member(author, roles).items() if k != "user"}
+            self.history.setdefault(int(data["channel_id"]), []).append(data)
         self.messages[message_id] = Posted(message_id, int(data["channel_id"]), data, [], False)
         return data
+
+    async def delete_message(self, message: Json) -> None:
+        """A user's message deleted: gone from the history, MESSAGE_DELETE dispatched."""
+        channel_id = int(message["channel_id"])
+        self.history[channel_id] = [m for m in self.history.get(channel_id, []) if m["id"] != message["id"]]
+        data = {"id": message["id"], "channel_id": message["channel_id"]}
+        if "guild_id" in message:
+            data["guild_id"] = message["guild_id"]
+        await self.dispatch("MESSAGE_DELETE", data)
+
+    async def edit_message(self, message: Json, *, attachments: list[Json]) -> Json:
+        """A user's message edited to keep only `attachments`: MESSAGE_UPDATE dispatched."""
+        message["attachments"] = attachments
+        message["edited_timestamp"] = iso()
+        await self.dispatch("MESSAGE_UPDATE", message)
+        return message
+
+    async def delete_channel(self, channel_id: int) -> None:
+        guild = self.guilds[self.guild_of(channel_id)]
+        payload = self.channel(channel_id)
+        guild["channels"] = [c for c in guild["channels"] if c["id"] != str(channel_id)]
+        await self.dispatch("CHANNEL_DELETE", payload)
+
+    async def remove_guild(self, guild_id: int) -> None:
+        """The bot removed from a server (kicked, or the server deleted): GUILD_DELETE."""
+        await self.dispatch("GUILD_DELETE", {"id": str(guild_id)})
 
     async def send_message(self, message: Json) -> None:
         """Dispatch MESSAGE_CREATE; without the Message Content intent, guild messages that do not
@@ -512,12 +612,13 @@ class FakeDiscord:
             await self._notify()
             return
         ready = {
-            "v": 10, "user": self.bot_user, "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+            "v": 10, "user": self.bot_user, "guilds": [{"id": str(g), "unavailable": True} for g in self.guilds],
             "session_id": secrets.token_hex(16), "resume_gateway_url": self.gateway_url,
             "application": {"id": str(self.app_id), "flags": 0}, "private_channels": [], "relationships": [],
         }
         await self._send_event(session, "READY", ready)
-        await self._send_event(session, "GUILD_CREATE", self.guild())
+        for guild_id in self.guilds:
+            await self._send_event(session, "GUILD_CREATE", self.guild(guild_id))
         session.ready = True
         await self._notify()
 
@@ -747,6 +848,16 @@ class FakeDiscord:
 
     async def _typing(self, request: web.Request) -> web.Response:
         return web.Response(status=204)
+
+    async def _channel_history(self, request: web.Request) -> web.Response:
+        """A channel's messages, newest first: `before` a message id, at most `limit` (1-100)."""
+        messages = self.history.get(int(request.match_info["channel"]), [])
+        before = int(request.query.get("before", 1 << 63))
+        limit = int(request.query.get("limit", 50))
+        if not 1 <= limit <= 100:
+            raise DiscordError(400, 50035, "Invalid Form Body")
+        older = [m for m in reversed(messages) if int(m["id"]) < before]
+        return json_response(older[:limit])
 
     async def _cdn_get(self, request: web.Request) -> web.Response:
         entry = self._cdn.get(int(request.match_info["id"]))
