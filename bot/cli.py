@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import logging
 import re
@@ -18,12 +19,13 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from bot.common.handle import Attachment, build_query
+from bot.common.handle import Attachment, build_query, page_size
 from bot.common.reply import DEPTH_NOTICE, item_fields, result_fields
 from core.config import MODEL_NAMES, MediaLimits, Secrets, Settings, load_settings
 from core.errors import BadInputError, SearchAllError
 from core.logs import setup_logging
 from core.media.sizes import check_file_size
+from core.memory.model import COLLECTION, SearchScope, Tenant
 from core.query import Query
 from ingest.sources import DEFAULT_SOURCE
 
@@ -107,17 +109,33 @@ def query_from_args(args: argparse.Namespace, limits: MediaLimits, default_limit
     )
 
 
+def memory_tenant(value: str) -> Tenant:
+    """`--memory`: a Discord server id (digits, or `discord:ID`) or a Slack workspace (`T…`, or `slack:ID`)."""
+    platform, _, ident = value.rpartition(":")
+    if not platform:
+        platform = "discord" if ident.isdigit() else "slack"
+    try:
+        return Tenant(platform, ident)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise BadInputError(f"--memory {value}: {exc} (a Discord server id, or a Slack team id T…)") from None
+
+
 async def _search(args: argparse.Namespace) -> int:
     from core.startup import open_search_service
 
     settings = _settings(args)
-    max_limit = settings.search.max_limit
-    if args.limit is not None and args.limit > max_limit:
-        print(f"note: --limit {args.limit} is over [search] max_limit; showing {max_limit} per page "
-              "(--offset pages on)", file=sys.stderr)
+    size = page_size(args.limit, default=settings.search.default_limit, most=settings.search.max_limit)
+    if size.note:  # the words every front end uses; --limit is over [search] max_limit
+        print(f"note: {size.note} --offset pages on.", file=sys.stderr)
     query = query_from_args(args, settings.limits, settings.search.default_limit)
+    scope = COLLECTION
+    if args.memory:  # the operator's view of a server's channel memory: every channel, no permission model
+        scope = SearchScope(args.source or "memory", memory_tenant(args.memory), None)
+        settings = settings.model_copy(update={"memory": settings.memory.model_copy(update={"enabled": True})})
+    elif args.source not in (None, "collection"):
+        raise BadInputError("--source memory or both needs --memory SERVER_ID")
     async with open_search_service(settings, progress=not args.json, warm_speech=False) as service:
-        result = await service.search(query)
+        result = await service.search(query, scope)
         if args.save:
             await save_results(service, result.items, args.save, first_rank=1 + query.offset)
     if args.json:
@@ -140,6 +158,9 @@ async def _search(args: argparse.Namespace) -> int:
         print("no results")
     for rank, item in enumerate(result.items, 1 + query.offset):
         where = item.url or f"row {item.row}"
+        if item.memory is not None:
+            posted = datetime.datetime.fromtimestamp(item.memory.posted_at, datetime.UTC).strftime("%Y-%m-%d")
+            where = f"by {item.memory.author} in {item.memory.channel} on {posted}  {item.memory.link}"
         similar = f"  (+{item.similar} similar)" if item.similar else ""
         print(f"{rank:3d}. {item.score:.3f}  {item.id}  {item.text[:70]}  {where}{similar}")
     if result.at_depth_limit:
@@ -152,9 +173,11 @@ def _ingest(args: argparse.Namespace) -> int:
     from ingest.runner import run_ingest
 
     settings = _settings(args)
+    if args.ray and args.workers is not None:
+        raise BadInputError("--workers sets local decoding processes; with --ray the cluster decodes")
     report = run_ingest(
         settings, args.source, workers=args.workers, batch_size=args.batch_size, follow_links=args.follow_links,
-        overwrite=args.overwrite, sync=args.sync, notify=print,
+        overwrite=args.overwrite, sync=args.sync, notify=print, ray=args.ray,
     )
     print(f"{settings.store.dataset}: {report}")
     return 0
@@ -202,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--sync", action="store_true",
         help="also index changed files again (content hash, S3 ETag) and remove rows whose file is gone",
     )
+    ingest.add_argument(
+        "--ray", metavar="auto|ADDRESS",
+        help="decode and encode on a Ray cluster (the [ray] extra): 'auto' joins RAY_ADDRESS or this"
+        " machine's cluster, else starts one here; or the head's ADDRESS (host:port, ray://host:10001)",
+    )
     _common(ingest)
     ingest.set_defaults(run=lambda a: _ingest(a))
 
@@ -216,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--audio-as", choices=["auto", "sound", "speech"], default="auto",
         help="audio as its sound, as the words spoken in it, or speech when speech is found (default)",
+    )
+    search.add_argument(
+        "--memory", metavar="SERVER_ID",
+        help="search this Discord server's (or Slack workspace's, T…) channel memory, every channel (docs/memory.md)",
+    )
+    search.add_argument(
+        "--source", choices=["memory", "collection", "both"],
+        help="with --memory: its memory (default), the shared collection, or both",
     )
     search.add_argument("--json", action="store_true", help="print one JSON object")
     search.add_argument("--save", type=Path, help="write the result images into this folder")

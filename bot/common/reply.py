@@ -153,7 +153,16 @@ def item_fields(item: ResultItem) -> dict[str, Any]:
         "row": item.row,
         "width": item.width,
         "height": item.height,
+        **({} if item.memory is None else {"memory": memory_fields(item)}),
     }
+
+
+def memory_fields(item: ResultItem) -> dict[str, Any]:
+    """Where a channel-memory result was posted (platform ids, epoch seconds, the link)."""
+    meta = item.memory
+    assert meta is not None
+    return {"platform": meta.tenant.platform, "server": meta.tenant.id, "channel": meta.channel,
+            "message": meta.message, "author": meta.author, "posted_at": meta.posted_at, "link": meta.link}
 
 
 def result_fields(result: SearchResult) -> dict[str, Any]:
