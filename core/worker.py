@@ -181,6 +181,14 @@ class EncoderWorker:
             else:
                 self._restart()
 
+    def background_pause(self, busy_s: float) -> float:
+        """Seconds that background work done outside the worker (decoding, writing) which just
+        kept a core busy for `busy_s` should wait, to keep to `background_share` while queries
+        come; 0 when none came for `background_quiet_s`."""
+        if time.monotonic() - self._last_interactive >= self.background_quiet_s:
+            return 0.0
+        return busy_s * (1 - self.background_share) / self.background_share
+
     def _next(self) -> Any:
         """The next interactive job or marker; None when a background batch may run now."""
         if self._background.empty():

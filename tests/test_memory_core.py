@@ -242,3 +242,12 @@ async def test_service_scopes_give_full_pages_and_respect_channels(tmp_path, tin
         assert like.items[0].id == first.items[0].id
         with pytest.raises(Exception, match="no longer remembered"):
             await service.more_like_memory(mine, "m0/a0")  # in "secret"
+
+
+async def test_indexing_outside_the_worker_keeps_to_the_share_only_while_queries_come():
+    encoder = GatedEncoder()
+    encoder.gate.set()
+    async with EncoderWorker(encoder, background_share=0.25, background_quiet_s=60) as worker:  # type: ignore[arg-type]
+        assert worker.background_pause(1.0) == 0.0  # no query yet: full speed
+        await worker.embed("text", "a query")
+        assert worker.background_pause(1.0) == pytest.approx(3.0)

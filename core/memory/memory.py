@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -32,6 +34,7 @@ from core.memory.store import MemoryRecord, MemoryStore
 from core.worker import EncoderWorker
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MEMORY_OFF = ("channel memory is not enabled on this bot: its operator can turn it on with "
               "[memory] enabled = true (docs/memory.md)")
@@ -72,6 +75,9 @@ class ChannelMemory:
         self.worker = worker
         self.settings = settings
         self.limits = limits
+        # Indexing's own CPU work (decoding, thumbnails, writing) runs one step at a time and
+        # keeps to the worker's background share while queries come (`EncoderWorker.background_pause`).
+        self._paced = asyncio.Lock()
 
     # ----- which channels ------------------------------------------------------------------
 
@@ -158,7 +164,7 @@ class ChannelMemory:
         self._check_enabled()
         wanted = [im for im in images if self.registry.is_on(im.tenant, im.channel)]
         skipped = len(images) - len(wanted)
-        prepared = await asyncio.gather(*(asyncio.to_thread(self._prepare, im) for im in wanted))
+        prepared = [await self._pace(self._prepare, im) for im in wanted]
         ready = [p for p in prepared if p is not None]
         failed = len(wanted) - len(ready)
         vectors = await asyncio.gather(
@@ -173,9 +179,18 @@ class ChannelMemory:
             by_tenant.setdefault(p.image.tenant, []).append(self._record(p, np.asarray(vector)))
         indexed = 0
         for tenant, records in by_tenant.items():
-            indexed += await asyncio.to_thread(self.store.add, tenant, records)
+            indexed += await self._pace(self.store.add, tenant, records)
         skipped += sum(len(r) for r in by_tenant.values()) - indexed
         return IndexReport(indexed=indexed, skipped=skipped, failed=failed)
+
+    async def _pace(self, fn: Callable[..., T], *args: object) -> T:
+        """`fn(*args)` in a thread, one at a time, then a pause that keeps indexing to its share."""
+        async with self._paced:
+            start = time.perf_counter()
+            try:
+                return await asyncio.to_thread(fn, *args)
+            finally:
+                await asyncio.sleep(self.worker.background_pause(time.perf_counter() - start))
 
     def _prepare(self, image: PostedImage) -> _Prepared | None:
         try:

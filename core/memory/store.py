@@ -262,7 +262,8 @@ class MemoryStore:
         if inc or exc:
             mask &= np.fromiter((text_passes(t, inc, exc) for t in snap.lowered), bool, count=snap.n)
         rows = np.flatnonzero(mask)
-        scores = snap.unit[rows] @ q
+        # Gathering rows costs about as much as multiplying them: gather only when few pass.
+        scores = snap.unit[rows] @ q if len(rows) * 2 < snap.n else (snap.unit @ q)[rows]
         top = top_indices(scores, offset + k)[offset:]
         picked = rows[top]
         hits = [
