@@ -18,27 +18,32 @@ Search. DeepLake's TQL scans every row unless its index has been built, many tim
 matrix product over the normalised embeddings (benchmarks/README.md, store). So in
 "exact" mode (the default up to `exact_max_rows`) the store reads the collection into a
 `core.store.exact.Table` and searches that in memory. In "index" mode (or beyond
-`exact_max_rows`) it asks DeepLake (`ORDER BY COSINE_SIMILARITY ... LIMIT m`, with the words as
-`ILIKE` conditions), over-fetches `index_candidates` rows and re-ranks them exactly. The vector
-is passed as a literal: `prepare_query` deadlocks when used from two threads.
+`exact_max_rows`) it searches the approximate index kept beside the dataset (`core.store.ann`:
+built and kept up to date by the writer, `build_index` / `update_index` and each commit),
+re-ranking its candidates exactly; the table then holds no vectors. Without a usable index
+(missing, stale, or, in "auto", failing its recall check) it searches exactly.
 
 Freshness. A handle sees the version it opened; `refresh()` moves it to the latest commit.
 When only rows were appended since (the normal case while an ingest runs), only the new rows
-are read and the table grows in place; anything else reloads everything.
+are read and the table grows in place; anything else reloads everything. A read-only handle
+(a searching process: one of N replicas while one ingest writes, docs/deployment.md) refreshes
+a second DeepLake handle and reads the new rows from it while the first goes on serving, then
+swaps them: it only ever sees whole commits, and a slow or unreachable S3 holds up its
+refresh, not the reads of the handle that serves (those that need S3 wait on S3 only).
 
 Thread safety. `search`, `existing_ids`, `embedding`, `image_bytes` and `info` may be called
 from any number of threads at once, also while another thread appends or refreshes. The
 in-memory data is an immutable snapshot swapped in one assignment (rows only ever get added
 beyond what a snapshot covers, see `core.store.exact`), so exact searches take no lock; calls
 into DeepLake hold the read side of a readers-writer lock, and `append` / `refresh` /
-`build_index` its write side.
+`build_index` its write side (a read-only handle's refresh only for the swap).
 
 Writing. `append` validates, appends in one batch and commits (uncommitted rows die with the
 process). `upsert` replaces the rows of ids already present and `delete_ids` removes rows, each
 in one commit; rows after a removed one move up, so a handle that sees such a commit reloads
 everything (`_only_appends_since`). Writable handles switch DeepLake's automatic index building off, because at about
 1M rows it silently turns a commit of a second into minutes (benchmarks/README.md, store);
-build it deliberately with `build_index()` when the index path is wanted.
+`build_deeplake_index()` builds it for comparison (the store does not search with it).
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,22 +65,22 @@ import numpy as np
 from deeplake import types
 
 from core.errors import ModelMismatchError, StoreError
+from core.store.ann import view as ann_view
+from core.store.ann.files import IndexFiles
+from core.store.ann.keeper import IndexKeeper
 from core.store.base import (
     CollectionInfo,
     Hit,
     Record,
-    SearchRequest,
     records_matrix,
     search_request,
-    text_passes,
 )
-from core.store.exact import Table, extend_table, top_indices, unit_rows
+from core.store.exact import Table, extend_table, unit_rows
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 SearchMode = Literal["auto", "exact", "index"]
-_HIT_COLUMNS = ("id", "text", "source", "s3_key", "width", "height")
 _READ_CHUNK_ROWS = 65_536  # embeddings normalised per read: bounds the extra memory of a load
 HASH_COLUMN = "content_hash"
 
@@ -107,6 +112,28 @@ def _optional_schema() -> dict[str, Any]:
     """Columns added after schema version 1: absent from older datasets, added when a writer
     opens one (`_add_optional_columns`); readers do without them."""
     return {HASH_COLUMN: types.Text()}
+
+
+class _Reader:
+    """The dataset as the index keeper reads it (`core.store.ann.keeper.DatasetReader`); the
+    caller holds the lock that makes reading `ds` safe."""
+
+    def __init__(self, ds: Any, dim: int) -> None:
+        self._ds = ds
+        self._dim = dim
+
+    def embeddings(self, lo: int, hi: int) -> np.ndarray:
+        unit = np.empty((max(0, hi - lo), self._dim), dtype=np.float32)
+        for first in range(lo, hi, _READ_CHUNK_ROWS):
+            last = min(hi, first + _READ_CHUNK_ROWS)
+            unit[first - lo : last - lo] = unit_rows(np.asarray(self._ds["embedding"][first:last]))
+        return unit
+
+    def appends_since(self, version: str) -> bool:
+        return _only_appends_since(self._ds, version)
+
+    def ids(self, lo: int, hi: int) -> list[str]:
+        return [_text(i) for i in self._ds["id"][lo:hi]] if hi > lo else []
 
 
 class _ReadWriteLock:
@@ -159,6 +186,47 @@ class _State:
     table: Table | None  # present in exact mode once loaded
 
 
+@dataclass(frozen=True)
+class _Changes:
+    """What a handle holds beyond a `_State`: rows from `start` on (0: everything anew), read
+    without touching what the state's readers look at (`extend_table` writes past their rows)."""
+
+    version: str
+    rows: int
+    start: int
+    new_ids: list[str]
+    table: Table | None
+
+
+def _settle(old: _State | None, changes: _Changes | None) -> _State:
+    """`old` moved on by `changes`, in memory only (quick). `old.ids` and `old.row_of` grow in
+    place: when the store is shared, call it under the write lock that also puts the handle
+    holding those rows in place, so that a row a reader finds can be read."""
+    if changes is None:
+        assert old is not None
+        return old
+    start, new_ids = changes.start, changes.new_ids
+    if start and old is not None:
+        ids, row_of = old.ids, old.row_of
+        del ids[start:]
+    else:
+        ids, row_of = [], {}
+    for row, id_ in enumerate(new_ids, start):
+        row_of.setdefault(id_, row)
+    ids.extend(new_ids)
+    return _State(version=changes.version, rows=changes.rows, ids=ids, row_of=row_of, table=changes.table)
+
+
+def _only_appends_since(ds: Any, version: str) -> bool:
+    """Whether every commit of `ds` after `version` only appended rows."""
+    history = list(ds.history)
+    seen = [v.id for v in history]
+    if version not in seen:
+        return False
+    later = history[seen.index(version) + 1 :]
+    return all(op.startswith("Appended ") for v in later for op in v.operations)
+
+
 def _clean_creds(creds: Mapping[str, str | None] | None) -> dict[str, str] | None:
     if creds is None:
         return None
@@ -168,21 +236,6 @@ def _clean_creds(creds: Mapping[str, str | None] | None) -> dict[str, str] | Non
 def _text(value: object) -> str:
     """A text cell as a string: DeepLake reads an empty string back as None."""
     return "" if value is None else str(value)
-
-
-def _tql_text(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def _ilike_pattern(word: str) -> tuple[str, bool]:
-    """An ILIKE pattern matching at least the texts containing `word`, and whether it is exact.
-
-    TQL's ILIKE folds ASCII case only and has no escape for `%` and `_`; characters outside
-    printable ASCII become `%`, so the pattern matches a superset (checked afterwards).
-    """
-    exact = all(" " <= c <= "~" and c not in "%_" for c in word)
-    body = "".join(c if " " <= c <= "~" else "%" for c in word)
-    return f"%{body}%", exact
 
 
 class DeepLakeStore:
@@ -196,16 +249,18 @@ class DeepLakeStore:
         read_only: bool,
         mode: SearchMode = "auto",
         exact_max_rows: int = 2_000_000,
-        index_candidates: int = 400,
+        index_candidates: int = 100,
         preload: bool | None = None,
+        creds: Mapping[str, str | None] | None = None,
     ) -> None:
         """Wrap an open dataset; use `create`, `open` or `open_or_create`, which pass on the
         same keywords (`SearchTuning`):
 
-        - `mode`: "exact" (in memory), "index" (DeepLake's TQL), "auto" (exact up to
-          `exact_max_rows` rows);
-        - `index_candidates`: rows fetched from DeepLake and re-ranked exactly in index mode
-          (more: better recall with an approximate index, slower; see the benchmark);
+        - `mode`: "exact" (in memory), "index" (the approximate index beside the dataset,
+          `core.store.ann`), "auto" (exact up to `exact_max_rows` rows, or while the index is
+          missing, stale, or failed its recall check);
+        - `index_candidates`: candidates of the index re-ranked exactly per search;
+        - `creds`: for an `s3://` dataset, where its index is read and written too;
         - `preload`: load the search matrix now rather than at the first search (default: when
           read-only, as a searching process is; a writer such as the ingest rarely searches).
         """
@@ -218,10 +273,19 @@ class DeepLakeStore:
         self._exact_max_rows = exact_max_rows
         self._index_candidates = index_candidates
         self._lock = _ReadWriteLock()
+        # Read-only handles made by `open`: how to open a second handle, which a refresh moves
+        # to the latest commit and reads while this one serves, then swaps in (see `refresh`).
+        self._reopen: Callable[[], Any] | None = None
+        self._spare: Any = None
+        self._refreshing = threading.Lock()  # one refresh (or table load) at a time
         meta = ds.metadata
         self._model_name = str(meta["model_name"])
         self._dim = int(meta["dim"])
         self._schema_version = int(meta["schema_version"])
+        self._index = IndexKeeper(
+            IndexFiles.for_dataset(path, _clean_creds(creds)), self._dim, require_fit=mode == "auto"
+        )
+        self._full_table = False  # index mode keeps no vectors in the table until it must
         if not read_only:
             ds.indexing_mode = deeplake.IndexingMode.Off
         load_table = read_only if preload is None else preload
@@ -256,7 +320,7 @@ class DeepLakeStore:
         except Exception as exc:
             raise StoreError(f"cannot create dataset {path}: {exc}") from exc
         _stamp(ds, model_name, dim)
-        return cls(ds, path=path, read_only=False, **tuning)
+        return cls(ds, path=path, read_only=False, creds=creds, **tuning)
 
     @classmethod
     def open(
@@ -281,7 +345,10 @@ class DeepLakeStore:
         except Exception as exc:
             raise StoreError(f"cannot open dataset {path}: {exc}") from exc
         _check_metadata(ds, path, expect_model)
-        return cls(ds, path=path, read_only=read_only, **tuning)
+        store = cls(ds, path=path, read_only=read_only, creds=creds, **tuning)
+        if read_only:
+            store._reopen = lambda: deeplake.open_read_only(path, creds=_clean_creds(creds))
+        return store
 
     @classmethod
     def open_or_create(
@@ -311,7 +378,7 @@ class DeepLakeStore:
             _stamp(ds, model_name, dim)
         _check_metadata(ds, path, model_name, action="ingesting into it")
         _add_optional_columns(ds, path)
-        store = cls(ds, path=path, read_only=False, **tuning)
+        store = cls(ds, path=path, read_only=False, creds=creds, **tuning)
         if store._dim != dim:
             raise StoreError(
                 f"dataset {path} stores {store._dim}-d embeddings but model {model_name!r}"
@@ -431,7 +498,15 @@ class DeepLakeStore:
             except Exception:  # noqa: BLE001 - the write error is the one to report
                 log.exception("rollback after a failed write failed too")
             raise StoreError(f"cannot write to dataset {self._path}: {exc}") from exc
-        self._state = self._advance(state, want_table=state.table is not None)
+        self._state = new = self._advance(state, want_table=state.table is not None)
+        if not self._exact(new.rows):  # keep the approximate index in step (`core.store.ann.keeper`)
+            self._index.after_commit(
+                (state.version, state.rows), (new.version, new.rows),
+                sorted({state.ids[row] for row in delete_rows}),
+                list(data["id"]) if data is not None else [],
+                unit_rows(data["embedding"]) if data is not None else None,
+                _Reader(ds, self._dim),
+            )
 
     def _columns(self, records: Sequence[Record], content_hashes: Sequence[str] | None) -> dict[str, Any]:
         matrix = records_matrix(records, self._dim)
@@ -472,11 +547,21 @@ class DeepLakeStore:
         if k == 0 or state.rows == 0:
             return []
         if not self._exact(state.rows):
-            return self._search_tql(request)
-        if state.table is None:
+            view = self._index_view(state)
+            if view is not None:
+                if state.table is None:
+                    state = self._load_table()
+                assert state.table is not None
+                return ann_view.search(view, state.table, request, state.ids, self._index_candidates)
+            self._full_table = True  # no usable index: search exactly
+        if state.table is None or state.table.unit.shape[1] != self._dim:
             state = self._load_table()
         assert state.table is not None
         return state.table.search(request, state.ids)
+
+    def _index_view(self, state: _State) -> ann_view.IndexView | None:
+        with self._lock.read():
+            return self._index.view(state.version, state.rows, state.row_of, _Reader(self._open_ds(), self._dim))
 
     def embedding(self, id: str) -> np.ndarray:
         row = self._current().row_of.get(id)
@@ -494,8 +579,11 @@ class DeepLakeStore:
         wanted = np.asarray(rows, dtype=np.int64).reshape(-1)
         if wanted.size and (wanted.min() < 0 or wanted.max() >= state.rows):
             raise StoreError(f"row {int(wanted.max())} is not in dataset {self._path} ({state.rows} rows)")
-        if state.table is not None:  # exact mode: rows of the in-memory matrix (unit length)
+        if state.table is not None and state.table.unit.shape[1]:  # the in-memory matrix (unit length)
             return np.array(state.table.unit[wanted], dtype=np.float32)
+        view = self._index.current_view()
+        if view is not None and view.version == state.version and view.rows == state.rows:
+            return view.vectors_of_rows(wanted)
         out = np.empty((len(wanted), self.info.dim), dtype=np.float32)
         with self._lock.read():
             column = self._open_ds()["embedding"]
@@ -531,18 +619,45 @@ class DeepLakeStore:
         return [(row, state.ids[row], _text(key)) for row, key in enumerate(keys) if key]
 
     def refresh(self) -> bool:
-        with self._lock.write():
+        """Move to the latest commit; whether anything changed.
+
+        A read-only handle from `open` (a searching process) refreshes a spare handle and reads
+        the new rows from it while this one goes on serving, then swaps the two in a moment:
+        reads never wait on S3 for a refresh (a slow or unreachable S3 holds up only the
+        refresh, which fails and leaves everything as it was). Other handles refresh in place,
+        under the write lock.
+        """
+        if self._reopen is None:
+            with self._lock.write():
+                state = self._current()
+                try:
+                    self._open_ds().refresh()
+                except Exception as exc:
+                    raise StoreError(f"cannot refresh dataset {self._path}: {exc}") from exc
+                self._state = self._advance(state, want_table=state.table is not None)
+                return self._state is not state
+        with self._refreshing:
             state = self._current()
+            spare, self._spare = self._spare, None  # dropped if anything below fails
             try:
-                self._ds.refresh()
+                if spare is None:
+                    spare = self._reopen()
+                else:
+                    spare.refresh()
             except Exception as exc:
                 raise StoreError(f"cannot refresh dataset {self._path}: {exc}") from exc
-            self._state = self._advance(state, want_table=state.table is not None)
-            return self._state is not state
+            changes = self._changes(spare, state, want_table=state.table is not None)
+            if changes is None:
+                self._spare = spare
+                return False
+            with self._lock.write():
+                self._state = _settle(self._current(), changes)
+                self._ds, self._spare = spare, self._ds
+            return True
 
     def close(self) -> None:
-        with self._lock.write():
-            self._ds = None
+        with self._refreshing, self._lock.write():
+            self._ds = self._spare = None
             self._state = None
 
     def __enter__(self) -> DeepLakeStore:
@@ -554,11 +669,27 @@ class DeepLakeStore:
     # ----- beyond the interface ------------------------------------------------------------------
 
     def build_index(self) -> float:
-        """Build DeepLake's vector index now and commit; the seconds it took.
+        """Build the approximate index (`core.store.ann`) from the dataset now and save it
+        beside the dataset; the seconds it took."""
+        self._check_writable()
+        start = time.perf_counter()
+        with self._lock.read():
+            state = self._current()
+            self._index.build(state.version, state.rows, list(state.ids), _Reader(self._open_ds(), self._dim))
+        return time.perf_counter() - start
 
-        Only useful for the index path (collections beyond `exact_max_rows`, or `mode="index"`);
-        it takes minutes and several GB at 1M rows.
-        """
+    def update_index(self) -> tuple[str, float]:
+        """Bring the approximate index up to the dataset's current version: add the rows
+        appended since it was saved, or build it when missing or stale; what was done and the
+        seconds it took (`core.store.ann.keeper`)."""
+        self._check_writable()
+        with self._lock.read():
+            state = self._current()
+            return self._index.update(state.version, state.rows, list(state.ids), _Reader(self._open_ds(), self._dim))
+
+    def build_deeplake_index(self) -> float:
+        """Build DeepLake's own vector index now and commit; the seconds it took (for the
+        benchmark's comparison: the store does not search with it)."""
         self._check_writable()
         with self._lock.write():
             ds = self._open_ds()
@@ -590,7 +721,7 @@ class DeepLakeStore:
         return self._mode == "exact" or (self._mode == "auto" and rows <= self._exact_max_rows)
 
     def _load_table(self) -> _State:
-        with self._lock.write():
+        with self._refreshing, self._lock.write():
             state = self._current()
             if state.table is None:
                 self._state = state = self._advance(state, want_table=True)
@@ -601,49 +732,40 @@ class DeepLakeStore:
 
         Called with the write lock held (or before the store is shared).
         """
-        ds = self._open_ds()
+        return _settle(old, self._changes(self._open_ds(), old, want_table=want_table))
+
+    def _changes(self, ds: Any, old: _State | None, *, want_table: bool) -> _Changes | None:
+        """What `ds` (at its version) holds beyond `old`; None when nothing. Reads DeepLake and
+        leaves `old` as its readers see it (see `_Changes`): no lock needed, but `ds` must be
+        a handle no other thread uses meanwhile (the served one under the write lock, or the
+        spare handle of a refresh)."""
         version, rows = str(ds.version), len(ds)
-        want_table = want_table and self._exact(rows)
         same = old is not None and old.version == version and old.rows == rows
         if same and old is not None and (old.table is not None or not want_table):
-            return old
-        grow = (
-            old is not None
-            and rows >= old.rows
-            and (same or self._only_appends_since(old.version))
-        )
-        start = old.rows if grow and old is not None else 0
+            return None
         try:
+            grow = (
+                old is not None
+                and rows >= old.rows
+                and (same or _only_appends_since(ds, old.version))
+            )
+            start = old.rows if grow and old is not None else 0
             new_ids = [_text(i) for i in ds["id"][start:rows]] if rows > start else []
             base = old.table if grow and old is not None else None
-            table = self._read_table(base, rows) if want_table else None
+            table = self._read_table(ds, base, rows) if want_table else None
         except Exception as exc:
             raise StoreError(f"cannot read dataset {self._path}: {exc}") from exc
-        if start and old is not None:
-            ids, row_of = old.ids, old.row_of
-            del ids[start:]
-        else:
-            ids, row_of = [], {}
-        for row, id_ in enumerate(new_ids, start):
-            row_of.setdefault(id_, row)
-        ids.extend(new_ids)
-        return _State(version=version, rows=rows, ids=ids, row_of=row_of, table=table)
+        return _Changes(version=version, rows=rows, start=start, new_ids=new_ids, table=table)
 
-    def _only_appends_since(self, version: str) -> bool:
-        history = list(self._open_ds().history)
-        seen = [v.id for v in history]
-        if version not in seen:
-            return False
-        later = history[seen.index(version) + 1 :]
-        return all(op.startswith("Appended ") for v in later for op in v.operations)
-
-    def _read_table(self, base: Table | None, rows: int) -> Table:
-        ds = self._open_ds()
+    def _read_table(self, ds: Any, base: Table | None, rows: int) -> Table:
+        # In index mode the vectors stay in the index's files: the table holds the rest.
+        dim = self._dim if self._full_table or self._exact(rows) else 0
+        if base is not None and base.unit.shape[1] != dim:
+            base = None
         start = base.n if base is not None else 0
-        unit = np.empty((rows - start, self._dim), dtype=np.float32)
-        for lo in range(start, rows, _READ_CHUNK_ROWS):
-            hi = min(rows, lo + _READ_CHUNK_ROWS)
-            unit[lo - start : hi - start] = unit_rows(np.asarray(ds["embedding"][lo:hi]))
+        unit = np.empty((rows - start, dim), dtype=np.float32)
+        if dim:
+            unit[:] = _Reader(ds, dim).embeddings(start, rows)
         texts, sources, s3_keys = (
             [_text(t) for t in ds[column][start:rows]] if rows > start else []
             for column in ("text", "source", "s3_key")
@@ -653,51 +775,6 @@ class DeepLakeStore:
             sizes[:, 0] = ds["width"][start:rows]
             sizes[:, 1] = ds["height"][start:rows]
         return extend_table(base, unit, texts, sources, s3_keys, sizes)
-
-    def _search_tql(self, request: SearchRequest) -> list[Hit]:
-        q, k, offset = request.q, request.k, request.offset
-        include, exclude = request.include, request.exclude
-        conditions = []
-        for word in include:
-            pattern, _ = _ilike_pattern(word)
-            conditions.append(f"text ILIKE {_tql_text(pattern)}")
-        for word in exclude:
-            pattern, exact = _ilike_pattern(word)
-            if exact:  # a wider pattern would exclude too much; these are checked afterwards
-                conditions.append(f"NOT text ILIKE {_tql_text(pattern)}")
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        want = offset + k
-        fetch = max(self._index_candidates, 2 * want)
-        vector = ", ".join(format(float(x), ".9g") for x in q)
-        columns = ", ".join((*_HIT_COLUMNS, "embedding"))
-        query = (
-            f"SELECT {columns}, row FROM (SELECT {columns}, ROW_NUMBER() AS row) {where}"
-            f" ORDER BY COSINE_SIMILARITY(embedding, ARRAY[{vector}]) DESC LIMIT {fetch}"
-        )
-        with self._lock.read():
-            try:
-                view = self._open_ds().query(query)
-                got = {c: view[c][:] for c in (*_HIT_COLUMNS, "embedding", "row")}
-            except Exception as exc:
-                raise StoreError(f"DeepLake search in {self._path} failed: {exc}") from exc
-        texts = [_text(t) for t in got["text"]]
-        keep = np.array([text_passes(t.lower(), include, exclude) for t in texts], dtype=bool)
-        emb = np.asarray(got["embedding"], dtype=np.float32).reshape(-1, self._dim)
-        scores = np.where(keep, unit_rows(emb) @ q, -np.inf) if len(texts) else np.empty(0)
-        top = top_indices(scores, min(want, int(keep.sum())))[offset:]
-        return [
-            Hit(
-                id=_text(got["id"][i]),
-                score=float(scores[i]),
-                text=texts[i],
-                source=_text(got["source"][i]),
-                s3_key=_text(got["s3_key"][i]),
-                width=int(got["width"][i]),
-                height=int(got["height"][i]),
-                row=int(got["row"][i]),
-            )
-            for i in top
-        ]
 
 
 def _stamp(ds: Any, model_name: str, dim: int) -> None:
