@@ -371,10 +371,10 @@ class MalformedRequest:
 SUPERSCRIPT_TWO = "\u00b2"
 MALFORMED_REQUESTS: list[MalformedRequest] = [
     MalformedRequest("form-limit-superscript", "web-form", limit=SUPERSCRIPT_TWO,
-                     expect=("whole number from 1 to",)),
+                     expect=("a whole number, 1 or more",)),
     MalformedRequest("action-limit-superscript", "web-action",
                      body=f'{{"id": "sa:more:0", "limit": "{SUPERSCRIPT_TWO}"}}'.encode(),
-                     expect=("whole number from 1 to",)),
+                     expect=("a whole number, 1 or more",)),
     MalformedRequest("action-2000-brackets", "web-action", body=b"[" * 2000, expect=("send the action as JSON",)),
     MalformedRequest("action-chunked-100kb", "web-action", body=b'{"id": "sa:more:0"' + b" " * 100_000 + b"}",
                      chunked=True, expect=("too long",)),

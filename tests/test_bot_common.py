@@ -10,15 +10,18 @@ from hypothesis import strategies as st
 
 from bot.common.downloads import ForbiddenHostError, download, host_allowed
 from bot.common.handle import (
+    Admission,
     Attachment,
+    PageSize,
     RateLimitedError,
     RateLimiter,
     build_query,
     check_attachment_count,
+    page_size,
     user_message,
 )
 from bot.common.reply import MoreLikeThis, NextPage, build_reply, decode_action, shorten
-from core.config import MediaLimits
+from core.config import MediaLimits, Settings
 from core.errors import BadInputError, EmptyQueryError, MediaTooLargeError
 from core.media.kinds import media_kind
 from core.service import ResultItem, SearchResult
@@ -26,10 +29,17 @@ from tests.fakes.loopback import serve_on_loopback
 
 # ----- buttons ---------------------------------------------------------------------------------
 
-@given(st.integers(0, 10**12 - 1))
-def test_more_like_this_ids_round_trip(row):
-    encoded = MoreLikeThis(row).encode()
-    assert len(encoded) <= 100 and decode_action(encoded) == MoreLikeThis(row)
+@given(st.integers(0, 10**12 - 1), st.integers(1, 999_999))
+def test_more_like_this_ids_round_trip(row, rank):
+    encoded = MoreLikeThis(row, rank).encode()
+    assert len(encoded) <= 100 and decode_action(encoded) == MoreLikeThis(row, rank)
+
+
+def test_more_like_this_ids_of_messages_posted_before_the_rank_still_work():
+    """#20 item 10: ids carry the rank clicked now; an old message's id has only the row."""
+    assert MoreLikeThis(7, 12).encode() == "sa:more:7:12"
+    assert decode_action("sa:more:7") == MoreLikeThis(7) and MoreLikeThis(7).rank is None
+    assert MoreLikeThis(7).encode() == "sa:more:7"
 
 
 @given(st.text("0123456789abcdef", min_size=8, max_size=40), st.integers(0, 999_999))
@@ -38,7 +48,8 @@ def test_next_page_ids_round_trip(key, offset):
     assert len(encoded) <= 100 and decode_action(encoded) == NextPage(key, offset)
 
 
-@pytest.mark.parametrize("custom_id", ["", "sa:more:", "sa:more:-1", "sa:page:xyz:1", "other:1", "sa:more:1 "])
+@pytest.mark.parametrize("custom_id", ["", "sa:more:", "sa:more:-1", "sa:page:xyz:1", "other:1", "sa:more:1 ",
+                                       "sa:more:1:0", "sa:more:1:", "sa:more:1:1234567", "sa:more:1:2:3"])
 def test_foreign_or_malformed_ids_are_not_actions(custom_id):
     assert decode_action(custom_id) is None
 
@@ -63,8 +74,29 @@ def test_a_reply_numbers_results_across_pages_and_offers_the_next_page():
     assert reply.header == "Results 6-7 for: cat + dog"
     assert [i.rank for i in reply.images] == [6, 7]
     assert reply.images[0].score == "0.310" and reply.images[0].similar == "+2 similar"
-    assert reply.images[0].more == MoreLikeThis(4) and len(reply.images[0].caption) <= 200
+    assert reply.images[0].more == MoreLikeThis(4, 6) and len(reply.images[0].caption) <= 200
+    assert reply.images[1].more.encode() == "sa:more:9:7"  # the rank as seen, across pages
     assert reply.next_page == NextPage("abcdef0123456789abcd", 7) and reply.notice == ""
+
+
+def test_a_page_smaller_than_asked_says_so_in_the_same_words_everywhere():
+    """#20 item 11: a limit over what a page holds was clamped without a word."""
+    assert page_size(None, default=5, most=10) == PageSize(5)
+    assert page_size(10, default=5, most=10) == PageSize(10)
+    told = page_size(50, default=5, most=10)
+    assert told == PageSize(10, "Showing 10 results per page, not 50: a page holds at most 10.")
+    with pytest.raises(BadInputError, match="1 or more, not 0"):
+        page_size(0, default=5, most=10)
+    with pytest.raises(BadInputError, match="1 or more, not -3"):
+        page_size(-3, default=5, most=10)
+    # A chat app's page holds at most what one message shows, as well as [search] max_limit.
+    admission = Admission(Settings.model_validate({"search": {"max_limit": 40}}), per_message=15)
+    assert admission.page_size(20) == PageSize(15, "Showing 15 results per page, not 20: a page holds at most 15.")
+    assert admission.limit(20) == 15
+    reply = build_reply(told.told(result([item(1, 0.5)])))
+    assert reply.notes == (told.note,)
+    assert reply.summary_lines() == ["Result 1 for: cat + dog", told.note]
+    assert build_reply(PageSize(5).told(result([item(1, 0.5)]))).notes == ()
 
 
 def test_no_good_match_names_the_best_score_and_the_cut_off():

@@ -100,10 +100,11 @@ async def test_buttons_fit_in_rows_of_five_and_carry_the_actions():
         rows.setdefault(child.row, []).append(child.item.custom_id)
     assert [len(ids) for _, ids in sorted(rows.items())] == [5, 5, 1]
     ids = [i for _, row in sorted(rows.items()) for i in row]
-    assert [decode_action(i) for i in ids] == [MoreLikeThis(r) for r in range(MAX_EMBEDS)] + [
+    assert [decode_action(i) for i in ids] == [MoreLikeThis(r, r + 1) for r in range(MAX_EMBEDS)] + [
         NextPage("0123456789abcdef", len(items))
     ]
     assert all(len(i) <= 100 for i in ids)
+    assert [label for label, _, _ in rendered.buttons][:2] == ["More like #1", "More like #2"]
     assert [label for label, _, _ in rendered.buttons][-1] == "Next page"
 
 

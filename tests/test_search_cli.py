@@ -264,7 +264,8 @@ def test_limits_out_of_range_are_said_not_clamped_silently(collection, capsys):
     assert main(["search", "--dataset", str(dataset), "--json", "--text", "castle", "--limit", "50"]) == 0
     out = capsys.readouterr()
     assert len(json.loads(out.out)["hits"]) == 10  # [search] max_limit
-    assert "--limit 50 is over [search] max_limit; showing 10" in out.err
+    # The words of every front end (bot.common.handle.page_size), with the CLI's way on.
+    assert "note: Showing 10 results per page, not 50: a page holds at most 10. --offset pages on." in out.err
     with pytest.raises(SystemExit) as refused:
         main(["search", "--dataset", str(dataset), "--text", "castle", "--limit", "0"])
     assert refused.value.code == 2 and "0 is not 1 or more" in capsys.readouterr().err
@@ -301,3 +302,12 @@ def test_the_api_and_search_json_share_one_machine_readable_shape(collection, ca
     for hit, image in zip(cli["hits"], web["images"], strict=True):
         assert {k: image[k] for k in hit} == hit
         assert isinstance(image["score"], float) and isinstance(image["similar"], int)
+
+
+def test_a_filter_on_images_without_prompts_says_why_nothing_is_found(collection, capsys):
+    """#20 item 11: a folder's images have no prompt text; --filter printed a bare "no results"."""
+    _, dataset = collection
+    capsys.readouterr()
+    assert main(["search", "--dataset", str(dataset), "--text", "castle", "--filter", "castle"]) == 1
+    out = capsys.readouterr()
+    assert "error: this collection has no prompt text to filter on" in out.err and "no results" not in out.out

@@ -301,7 +301,7 @@ async def test_buttons_work_also_on_a_new_app_instance(base_settings):
         (first,) = await h.fake.wait_for_calls("chat.postMessage")
         first_ts = h.fake.posted_ts[0]
         shown = result_rows(first)
-        more = MoreLikeThis(shown[1]).encode()
+        more = MoreLikeThis(shown[1], 2).encode()  # shown as #2
         assert more in button_values(first)
         assert await h.button(more, message_ts=first_ts) == 200
         _, similar = await h.fake.wait_for_calls("chat.postMessage", 2)
@@ -318,6 +318,51 @@ async def test_buttons_work_also_on_a_new_app_instance(base_settings):
         assert result_rows(second) == rows(expected) and not set(rows(expected)) & set(shown)
         assert second.params["thread_ts"] == first_ts
         assert "Results 4-6" in header_text(second)
+
+
+async def test_more_like_names_the_rank_clicked_and_a_button_posted_before_still_works(base_settings):
+    """#20 item 10: the header named the clicked image, not the rank the user saw."""
+    async with harness(base_settings) as h:
+        await h.command("a green triangle limit:3")
+        (first,) = await h.fake.wait_for_calls("chat.postMessage")
+        shown = result_rows(first)
+        labels = [e["text"]["text"] for b in posted_blocks(first) if b["type"] == "actions" for e in b["elements"]]
+        assert labels == ["More like #1", "More like #2", "More like #3", "Next page"]
+        name = (await h.service.more_like_row(shown[1])).items[0].id
+        assert await h.button(button_values(first)[1], message_ts=h.fake.posted_ts[0]) == 200
+        _, more = await h.fake.wait_for_calls("chat.postMessage", 2)
+        assert f"more like #2 ({name})" in header_text(more)
+        # A message posted before the ids carried the rank: its button names the image only.
+        assert await h.button(f"sa:more:{shown[1]}", message_ts=h.fake.posted_ts[0]) == 200
+        *_, old = await h.fake.wait_for_calls("chat.postMessage", 3)
+        assert f"more like {name}*" in header_text(old) and "#" not in header_text(old)
+        assert result_rows(old) == result_rows(more)
+
+
+async def test_a_limit_over_what_a_page_holds_is_said(base_settings):
+    """#20 item 11: `limit:50` showed 10 without a word."""
+    async with harness(base_settings) as h:
+        await h.command("a green triangle limit:50")
+        (posted,) = await h.fake.wait_for_calls("chat.postMessage")
+        note = "Showing 10 results per page, not 50: a page holds at most 10."
+        assert header_text(posted).splitlines()[1] == note and note in posted.params["text"]
+        assert len(result_rows(posted)) == 10
+        await h.command("a green triangle limit:0")
+        await h.fake.wait_for(lambda: h.fake.responses)
+        assert "limit:0 is not a number of results" in h.fake.responses[0]["text"]
+
+
+async def test_a_filter_on_images_without_prompts_says_why_nothing_is_found(base_settings):
+    """#20 item 11: the folder-built collection has no prompt text; `filter:` answered a bare
+    "nothing found"."""
+    async with harness(base_settings) as h:
+        await h.command("a green triangle filter:green")
+        await h.fake.wait_for(lambda: h.fake.responses)
+        await h.bot.drain()
+        (told,) = h.fake.responses
+        assert told["response_type"] == "ephemeral"
+        assert told["text"].startswith("This collection has no prompt text to filter on")
+        assert not h.fake.calls_to("chat.postMessage")
 
 
 async def test_a_429_from_slack_is_retried(base_settings):

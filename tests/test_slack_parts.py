@@ -7,11 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from bot.common.handle import PageSize
 from bot.common.reply import MoreLikeThis, NextPage, build_reply, decode_action
 from bot.slack.app import COMMAND, EVENTS_PATH
 from bot.slack.dedupe import RecentKeys
 from bot.slack.files import SlackFile
-from bot.slack.render import IN_THREAD, MAX_BLOCKS, MAX_RESULTS, needs_upload, render_blocks
+from bot.slack.render import (
+    IN_THREAD,
+    MAX_BLOCKS,
+    MAX_RESULTS,
+    fallback_text,
+    needs_upload,
+    render_blocks,
+)
 from bot.slack.text import query_text, split_limit
 from core.errors import QuerySyntaxError
 from core.service import ResultItem, SearchResult
@@ -62,16 +70,24 @@ def test_every_button_carries_an_action_that_decodes_back():
     buttons = [e for b in render_blocks(reply) if b["type"] == "actions" for e in b["elements"]]
     assert all(b["action_id"] == b["value"] for b in buttons)
     assert [decode_action(b["value"]) for b in buttons] == [
-        MoreLikeThis(100),
-        MoreLikeThis(101),
+        MoreLikeThis(100, 11),
+        MoreLikeThis(101, 12),
         NextPage("0123456789abcdef0123", 12),
     ]
+    assert [b["text"]["text"] for b in buttons] == ["More like #11", "More like #12", "Next page"]
 
 
 def test_header_heard_and_requester_and_markup_escaped():
     blocks = render_blocks(build_reply(result([None], heard="a <red> car")), requested_by="U123")
     assert blocks[0]["text"]["text"] == "*Result 1 for: cat + cartoon*\n_heard: a &lt;red&gt; car_"
     assert "<@U123>" in json.dumps(blocks[1])
+
+
+def test_notes_go_under_the_header_escaped():
+    told = PageSize(1, "Showing 1 results per page, not <2>: a page holds at most 1.").told(result([None]))
+    blocks = render_blocks(build_reply(told))
+    assert blocks[0]["text"]["text"].splitlines()[1] == "Showing 1 results per page, not &lt;2&gt;: a page holds at most 1."
+    assert fallback_text(build_reply(told)).splitlines()[1].startswith("Showing 1 results")
 
 
 def test_a_full_page_fits_in_one_message():

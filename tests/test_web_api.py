@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 import pytest_asyncio
 from PIL import Image
 
 from bot.common.handle import Attachment, build_query, unsupported, user_message
-from bot.common.reply import build_reply
+from bot.common.reply import MoreLikeThis, build_reply, decode_action
 from bot.web.app import bind_warning, image_url, reply_json, running_web, serve_web
 from bot.web.form import max_body_bytes
 from core.config import Settings, SpeechSettings
@@ -200,8 +201,8 @@ async def test_bad_fields_and_an_empty_query_are_clear_errors(server, collection
     settings, _ = collection
     status, body = await post_search(session, form(""))
     assert status == 400 and "the query is empty" in body["error"].lower()
-    status, body = await post_search(session, form("cat", limit=str(settings.search.max_limit + 1)))
-    assert status == 400 and f"from 1 to {settings.search.max_limit}" in body["error"]
+    status, body = await post_search(session, form("cat", limit="0"))
+    assert status == 400 and "a whole number, 1 or more" in body["error"]
     async with session.post("/api/search", json={"text": "cat"}) as response:
         assert response.status == 400 and "multipart" in (await response.json())["error"]
     many = aiohttp.FormData(default_to_multipart=True)
@@ -232,9 +233,15 @@ async def test_more_like_this_and_next_page_actions(server, collection):
     async with session.post("/api/action", json={"id": clicked["more"], "limit": 3}) as response:
         assert response.status == 200
         more = await response.json()
-    expected = build_reply(await service.more_like_row(int(clicked["more"].rsplit(":", 1)[1]), 3))
+    action = decode_action(clicked["more"])
+    assert isinstance(action, MoreLikeThis) and action.rank == clicked["rank"]
+    expected = build_reply(await service.more_like_row(action.row, 3, rank=action.rank))
     assert shown(more) == expected_shown(expected) and more["header"] == expected.header
     assert more["images"][0]["id"] == clicked["id"] and more["images"][0]["score_text"] == "1.000"
+    # #20 item 10: the rank clicked and the image's name; an id from before the rank, the name.
+    assert more["header"] == f"Results 1-3 for: more like #{clicked['rank']} ({clicked['id']})"
+    async with session.post("/api/action", json={"id": f"sa:more:{action.row}", "limit": 3}) as response:
+        assert (await response.json())["header"] == f"Results 1-3 for: more like {clicked['id']}"
 
     async with session.post("/api/action", json={"id": first["next_page"]}) as response:
         assert response.status == 200
@@ -246,11 +253,46 @@ async def test_more_like_this_and_next_page_actions(server, collection):
     assert not {i["id"] for i in second["images"]} & {i["id"] for i in first["images"]}
 
 
+async def test_a_number_of_results_over_what_a_page_holds_is_said(server, collection):
+    """#20 item 11: the same words as the chat bots and the CLI, for a search and for "more like"."""
+    _, session = server
+    settings, _ = collection
+    most = settings.search.max_limit
+    note = f"Showing {most} results per page, not 50: a page holds at most {most}."
+    status, body = await post_search(session, form("a red fox in snow", limit="50"))
+    assert status == 200 and body["notes"] == [note] and len(body["images"]) == most
+    async with session.post("/api/action", json={"id": body["images"][0]["more"], "limit": 50}) as response:
+        more = await response.json()
+    assert more["notes"] == [note] and len(more["images"]) == most
+    status, body = await post_search(session, form("a red fox in snow", limit=str(most)))
+    assert status == 200 and body["notes"] == []
+
+
+async def test_a_filter_on_images_without_prompts_says_why_nothing_is_found(collection, tmp_path):
+    """#20 item 11: a collection without prompt text (a folder's) answered a bare "nothing found"."""
+    settings, jpegs = collection
+    with DeepLakeStore.open(settings.store.dataset) as texted:
+        dim = texted.info.dim
+    dataset = str(tmp_path / "no-prompts")
+    with DeepLakeStore.create(dataset, model_name="tiny", dim=dim) as store:
+        store.append([Record(id=id_, embedding=vector, image_jpeg=jpeg) for (id_, jpeg), vector in zip(
+            list(jpegs.items())[:3], np.random.default_rng(1).standard_normal((3, dim)).astype(np.float32),
+            strict=True)])
+    promptless = web_settings(dataset)
+    async with open_search_service(promptless, progress=False) as service, running_web(service, promptless) as url:
+        async with aiohttp.ClientSession(url) as session:
+            status, body = await post_search(session, form("a red fox filter:fox"))
+            assert status == 400
+            assert body["error"].startswith("This collection has no prompt text to filter on")
+            status, body = await post_search(session, form("a red fox -filter:fox"))
+            assert status == 200 and len(body["images"]) == 3
+
+
 async def test_bad_actions_and_other_sites_are_refused(server, collection):
     _, session = server
     _, jpegs = collection
     async with session.post("/api/action", json={"id": f"sa:more:{len(jpegs)}"}) as response:
-        assert response.status == 400 and f"no image #{len(jpegs)}" in (await response.json())["error"]
+        assert response.status == 400 and f"no image at row {len(jpegs)}" in (await response.json())["error"]
     async with session.post("/api/action", json={"id": "sa:drop:tables"}) as response:
         assert response.status == 400 and "unknown action" in (await response.json())["error"].lower()
     async with session.post("/api/action", json={"id": "sa:page:0123456789abcdef0123:5"}) as response:
@@ -290,7 +332,7 @@ async def test_the_reply_shows_what_was_heard_and_loads_images_the_browser_can_r
     body = reply_json(result, settings)
     assert body["heard_text"] == build_reply(result).heard == "heard: a red car" and body["heard"] == "a red car"
     assert [i["image_url"] for i in body["images"]] == ["https://cdn.example/a.jpg", "/image/8", "/image/9"]
-    assert [i["more"] for i in body["images"]] == ["sa:more:7", "sa:more:8", "sa:more:9"]
+    assert [i["more"] for i in body["images"]] == ["sa:more:7:1", "sa:more:8:2", "sa:more:9:3"]
     assert body["images"][1]["similar_text"] == "+2 similar" and body["next_page"] == f"sa:page:{'ab' * 10}:3"
     assert [i["similar"] for i in body["images"]] == [0, 2, 0] and body["images"][0]["score"] == 0.5
 

@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 
 from bot.common.handle import Attachment, build_query, unsupported, user_message
-from bot.common.reply import build_reply
+from bot.common.reply import build_reply, decode_action
 from bot.web.app import running_web
 from core.media.sizes import human_bytes
 from core.startup import open_search_service
@@ -141,8 +141,9 @@ async def test_search_with_text_image_and_audio_then_more_like_this(page, site, 
         "header => document.querySelector('#results-header').textContent !== header", arg=reply.header
     )
     await page.wait_for_selector("main[data-state=ready]")
-    row = int(clicked["action"].rsplit(":", 1)[1])
-    more = build_reply(await service.more_like_row(row, settings.search.default_limit))
+    action = decode_action(clicked["action"])
+    assert action.rank == int(clicked["rank"].lstrip("#"))  # #20 item 10: the rank clicked
+    more = build_reply(await service.more_like_row(action.row, settings.search.default_limit, rank=action.rank))
     assert await page.text_content("#results-header") == more.header
     after = await cards(page)
     assert seen_cards(after) == expected_cards(more)

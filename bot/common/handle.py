@@ -1,7 +1,8 @@
 """What every front end does with a request before and after the core, in one place.
 
     admit      the allow-lists, then the per-user rate limit       (`Admission.admit`)
-    limit      results per page, within the config and the message  (`Admission.limit`)
+    limit      results per page, within the config and the message  (`Admission.page_size`),
+               and the note that says so when it is fewer than asked   (`PageSize.note`)
     inputs     a file's kind and declared size before any download  (`check_file`)
     query      text terms and filters, then one term per attachment (`build_query`)
     failure    the words the user sees, with an incident id         (`user_message`)
@@ -17,13 +18,14 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from core.config import MediaLimits, Settings
 from core.errors import BadInputError, SearchAllError, UnsupportedMediaError
 from core.media.kinds import MediaKind, media_kind
 from core.media.sizes import check_file_size
 from core.query import AudioAs, Query, Term, parse_query_text
+from core.service import SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,31 @@ class RateLimiter:
             del self._buckets[key]
 
 
+@dataclass(frozen=True)
+class PageSize:
+    """Results per page, and the note that tells the user when that is fewer than they asked
+    for ("" when it is not): every front end says it in these words."""
+
+    value: int
+    note: str = ""
+
+    def told(self, result: SearchResult) -> SearchResult:
+        """`result` with the note among its notes, for the reply to show."""
+        return replace(result, notes=(*result.notes, self.note)) if self.note else result
+
+
+def page_size(asked: int | None, *, default: int, most: int) -> PageSize:
+    """What a page holds for `asked` results (None: the `default`), at most `most`: more than
+    that is shown as `most` with a note; fewer than 1 is refused."""
+    if asked is None:
+        return PageSize(max(1, min(default, most)))
+    if asked < 1:
+        raise BadInputError(f"the number of results must be 1 or more, not {asked}")
+    if asked > most:
+        return PageSize(most, f"Showing {most} results per page, not {asked}: a page holds at most {most}.")
+    return PageSize(asked)
+
+
 def on_allow_list(allowed: Sequence[object], *where: object) -> bool:
     """Whether one of `where` (a guild, a channel, its parent; None for "none") is on the list;
     an empty list allows everywhere."""
@@ -108,10 +135,15 @@ class Admission:
             raise NotAllowedHereError()
         self.limiter.check(user_key)
 
-    def limit(self, asked: int | None) -> int:
+    def page_size(self, asked: int | None) -> PageSize:
         """Results per page: what was asked (or the default), within `[search] max_limit` and
-        what one message can show."""
-        return max(1, min(asked or self.search.default_limit, self.search.max_limit, self.per_message))
+        what one message can show; more than that comes with a note, fewer than 1 is refused."""
+        most = max(1, min(self.search.max_limit, self.per_message))
+        return page_size(asked, default=self.search.default_limit, most=most)
+
+    def limit(self, asked: int | None) -> int:
+        """`page_size(asked)`'s number alone (buttons, which ask for no number)."""
+        return self.page_size(asked).value
 
 
 # ---------------------------------------------------------------------- inputs

@@ -291,15 +291,17 @@ class SlackBot:
         return tell
 
     async def _search_text(self, text: str) -> SearchResult:
-        text, limit = split_limit(text)
-        query = build_query(text, [], limits=self.settings.limits, limit=self.admission.limit(limit))
-        return await self.service.search(query)
+        text, asked = split_limit(text)
+        size = self.admission.page_size(asked)
+        query = build_query(text, [], limits=self.settings.limits, limit=size.value)
+        return size.told(await self.service.search(query))
 
     async def _search_message(self, event: Mapping[str, Any]) -> SearchResult:
-        text, limit = split_limit(query_text(event.get("text") or ""))
+        text, asked = split_limit(query_text(event.get("text") or ""))
+        size = self.admission.page_size(asked)
         attachments = await self.files.attachments(event.get("files") or [], file_info=self._file_info)
-        query = build_query(text, attachments, limits=self.settings.limits, limit=self.admission.limit(limit))
-        return await self.service.search(query)
+        query = build_query(text, attachments, limits=self.settings.limits, limit=size.value)
+        return size.told(await self.service.search(query))
 
     async def _file_info(self, file_id: str) -> Mapping[str, Any]:
         response = await self.client.files_info(file=file_id)

@@ -1,12 +1,13 @@
 """A `Reply` (bot.common.reply) as a Slack Block Kit message.
 
-    section   *Results 1-5 for: cat + cartoon*   (and _heard: ..._ for voice input)
+    section   *Results 1-5 for: cat + cartoon*   (and _heard: ..._ for voice input, and the notes:
+              "Showing 10 results per page, not 50: ...")
     context   requested by @user                 (slash commands: the message is top-level)
     section   the notice, when nothing is shown
     per result:
       image     when the result has an http(s) URL Slack can fetch
       context   #1 · score 0.312 · +2 similar    and the prompt (plain text)
-      actions   [More like this]                 action_id = value = "sa:more:<row>"
+      actions   [More like #1]                   action_id = value = "sa:more:<row>:<rank>"
     actions   [Next page]                        action_id = value = "sa:page:<key>:<offset>"
 
 Images that live only in the dataset have no URL Slack could fetch: their JPEGs are uploaded
@@ -81,7 +82,7 @@ def _result_blocks(image: ReplyImage) -> list[Block]:
     if image.caption:
         elements.append({"type": "plain_text", "text": image.caption, "emoji": False})
     blocks.append({"type": "context", "elements": elements})
-    blocks.append({"type": "actions", "elements": [_button("More like this", image.more.encode())]})
+    blocks.append({"type": "actions", "elements": [_button(f"More like #{image.rank}", image.more.encode())]})
     return blocks
 
 
@@ -90,6 +91,7 @@ def render_blocks(reply: Reply, *, requested_by: str | None = None) -> list[Bloc
     lines = [f"*{escape(reply.header)}*"]
     if reply.heard:
         lines.append(f"_{escape(reply.heard)}_")
+    lines += [escape(note) for note in reply.notes]
     blocks: list[Block] = [{"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)}}]
     if requested_by:
         blocks.append(

@@ -2,7 +2,8 @@
 
 Slack escapes `&`, `<` and `>` in message and command text, writes mentions as `<@U123>`, and
 clients may turn straight quotes into curly ones; the query syntax (core.query) wants none of
-that. `limit:N` anywhere in the text asks for N results (clamped to what a message can show).
+that. `limit:N` anywhere in the text asks for N results (more than a page holds: that many,
+and the reply says so, `bot.common.handle.PageSize`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ step, no CDN) talks to a small JSON API on the same aiohttp server:
     GET  /                 the page
     GET  /api/config       limits the page shows and checks (results per page, file size)
     POST /api/search       multipart: text, limit, audio_as, image / audio files -> a reply
-    POST /api/action       JSON {"id": "sa:more:<row>" | "sa:page:<key>:<offset>", "limit"} -> a reply
+    POST /api/action       JSON {"id": "sa:more:<row>:<rank>" | "sa:page:<key>:<offset>", "limit"} -> a reply
     GET  /image/<row>      a result's JPEG kept in the dataset (when it has no http(s) URL)
 
 A reply is `bot.common.reply.build_reply` as JSON, the same words the chat bots show; an error is
@@ -52,7 +52,7 @@ from bot.common.reply import (
     run_action,
 )
 from bot.ops import stop_on_signals
-from bot.web.form import max_body_bytes, parse_limit, read_search_form
+from bot.web.form import limit_page_size, max_body_bytes, parse_limit, read_search_form
 from core.config import Settings
 from core.errors import BadInputError, MediaTooLargeError, SearchAllError
 from core.service import SearchResult, SearchService
@@ -96,6 +96,7 @@ def reply_json(result: SearchResult, settings: Settings) -> dict[str, Any]:
         **result_fields(result),
         "header": reply.header,
         "heard_text": reply.heard,
+        "notes": list(reply.notes),
         "notice": reply.notice,
         "images": [
             {
@@ -218,7 +219,7 @@ async def search(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     form = await read_search_form(request, settings)
     result = await request.app[SERVICE].search(form.query(settings))
-    return web.json_response(reply_json(result, settings))
+    return web.json_response(reply_json(form.page_size(settings).told(result), settings))
 
 
 async def action(request: web.Request) -> web.Response:
@@ -238,11 +239,13 @@ async def action(request: web.Request) -> web.Response:
     chosen = decode_action(body["id"])
     if chosen is None:
         raise BadInputError(f"unknown action {body['id'][:100]!r}: search again")
-    limit = parse_limit(str(body.get("limit") or ""), settings.search.max_limit)
+    size = limit_page_size(parse_limit(str(body.get("limit") or "")), settings)
     service = request.app[SERVICE]
     if isinstance(chosen, MoreLikeThis) and chosen.row >= await rows_in(service):
-        raise BadInputError(f"there is no image #{chosen.row} in this collection: search again")
-    result = await run_action(service, chosen, limit)
+        raise BadInputError(f"there is no image at row {chosen.row} in this collection: search again")
+    result = await run_action(service, chosen, size.value)
+    if isinstance(chosen, MoreLikeThis):  # a next page keeps its search's page size
+        result = size.told(result)
     return web.json_response(reply_json(result, settings))
 
 

@@ -14,7 +14,14 @@ from typing import get_args
 
 from aiohttp import BodyPartReader, web
 
-from bot.common.handle import Attachment, build_query, check_attachment_count, unsupported
+from bot.common.handle import (
+    Attachment,
+    PageSize,
+    build_query,
+    check_attachment_count,
+    page_size,
+    unsupported,
+)
 from core.config import MediaLimits, Settings
 from core.errors import BadInputError, MediaTooLargeError, QuerySyntaxError
 from core.media.kinds import media_kind
@@ -27,6 +34,7 @@ CHUNK = 64 * 1024
 # Room for the text fields and the multipart framing around the files.
 FORM_OVERHEAD = 256 * 1024
 SMALL_FIELD_BYTES = 64
+MAX_LIMIT_DIGITS = 9
 
 
 def max_body_bytes(settings: Settings) -> int:
@@ -43,25 +51,36 @@ class SearchForm:
     audio_as: AudioAs = "auto"
     attachments: list[Attachment] = field(default_factory=list)
 
+    def page_size(self, settings: Settings) -> PageSize:
+        """Results per page: the number asked for, at most `[search] max_limit` (with a note)."""
+        return limit_page_size(self.limit, settings)
+
     def query(self, settings: Settings) -> Query:
         return build_query(
             self.text,
             self.attachments,
             limits=settings.limits,
-            limit=self.limit or settings.search.default_limit,
+            limit=self.page_size(settings).value,
             audio_as=self.audio_as,
         )
 
 
-def parse_limit(value: str, max_limit: int) -> int | None:
-    """The number of results asked for ("" for the default), from 1 to `max_limit`."""
+def parse_limit(value: str) -> int | None:
+    """The number of results asked for ("" for the default), 1 or more; more than a page holds
+    is shown as a full page with a note (`limit_page_size`)."""
     value = value.strip()
     if not value:
         return None
-    # ASCII digits only: "²" passes isdigit() and fails int(); a long number is out of range.
-    if not (value.isascii() and value.isdigit()) or len(value) > 9 or not 1 <= int(value) <= max_limit:
-        raise BadInputError(f"the number of results must be a whole number from 1 to {max_limit}")
-    return int(value)
+    # ASCII digits only: "²" passes isdigit() and fails int().
+    if not (value.isascii() and value.isdigit()) or not value.strip("0"):
+        raise BadInputError("the number of results must be a whole number, 1 or more")
+    digits = value.lstrip("0")
+    # More digits than any page: the largest number kept short (a full page, with the note).
+    return int(digits) if len(digits) <= MAX_LIMIT_DIGITS else 10**MAX_LIMIT_DIGITS
+
+
+def limit_page_size(asked: int | None, settings: Settings) -> PageSize:
+    return page_size(asked, default=settings.search.default_limit, most=settings.search.max_limit)
 
 
 def parse_audio_as(value: str) -> AudioAs:
@@ -137,7 +156,7 @@ async def read_search_form(request: web.Request, settings: Settings) -> SearchFo
             if name == "text":
                 form.text = value
             elif name == "limit":
-                form.limit = parse_limit(value, settings.search.max_limit)
+                form.limit = parse_limit(value)
             else:
                 form.audio_as = parse_audio_as(value)
         else:

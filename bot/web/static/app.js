@@ -195,7 +195,7 @@
     button.className = "card";
     button.dataset.action = image.more;
     button.dataset.id = image.id;
-    button.title = "More like this";
+    button.title = `More like #${image.rank}`;
     button.addEventListener("click", () => runAction(image.more));
 
     const picture = document.createElement("img");
@@ -233,6 +233,7 @@
     $("results").hidden = false;
     $("results-header").textContent = reply.header;
     line("heard", reply.heard_text);
+    line("notes", (reply.notes || []).join(" "));
     line("notice", reply.notice);
     $("gallery").replaceChildren(...reply.images.map(card));
     $("gallery-hint").hidden = !reply.images.length;
