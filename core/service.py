@@ -310,7 +310,7 @@ class SearchService:
         # Past the cap: nothing is searched (the reply says how deep results go).
         groups = await asyncio.to_thread(self._groups, saved, end + 1) if offset < MAX_DEPTH else []
         searched = time.perf_counter()
-        if not groups and saved.include and offset < MAX_DEPTH:
+        if not groups and saved.include and offset < MAX_DEPTH and not saved.scope.uses_memory:
             await self._check_filterable()
         page = groups[offset:end]
         shown = [g for g in page if g.hit.score >= saved.cutoff]
@@ -334,7 +334,8 @@ class SearchService:
         )
 
     async def _check_filterable(self) -> None:
-        """An empty filtered search: say so when the collection has no text to filter on."""
+        """An empty filtered search of the collection alone (channel memory has the messages'
+        text): say so when the collection has no text to filter on."""
         if not await asyncio.to_thread(self.store.has_text):
             raise NoPromptTextError()
 

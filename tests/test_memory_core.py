@@ -238,6 +238,10 @@ async def test_service_scopes_give_full_pages_and_respect_channels(tmp_path, tin
         assert all(i.memory is None for i in collection_only.items)
         other = await service.search(query, SearchScope("memory", B, None))
         assert other.items == []
+        # The collection has no prompt text, but memory's messages may: a filter there that
+        # matches nothing is an empty page, not "this collection has no prompt text".
+        filtered = await service.search(Query(query.terms, limit=5, include=("zebra",)), mine)
+        assert filtered.items == [] and filtered.best_score is None
         like = await service.more_like_memory(mine, first.items[0].id)
         assert like.items[0].id == first.items[0].id
         with pytest.raises(Exception, match="no longer remembered"):
