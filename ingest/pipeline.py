@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
+import numpy as np
 from tqdm import tqdm
 
+from core.config import MediaLimits
 from core.encoder import Encoder
 from core.store.base import Record, VectorStore
 from ingest.loader import PreparedBatch, content_hash, prepared_batches
@@ -149,12 +151,12 @@ def restore_uploads(
     refs: list[ItemRef],
     keys: dict[str, str],
     uploader: ImageUploader,
-    encoder: Encoder,
+    limits: MediaLimits,
     batch_size: int,
 ) -> int:
     """Read `refs` from the source again and upload each image under the key its row has."""
     restored = 0
-    for batch in prepared_batches(source, refs, limits=encoder.limits, batch_size=batch_size, workers=0):
+    for batch in prepared_batches(source, refs, limits=limits, batch_size=batch_size, workers=0):
         for ref, reason in batch.failures:
             log.warning("cannot restore %s on S3: %s", ref.id, reason)
         for ref, jpeg in zip(batch.refs, batch.jpegs, strict=True):
@@ -173,6 +175,20 @@ def _records(
     uploads = uploader.submit(batch.jpegs) if uploader else None  # run while the model does
     vectors = encoder.forward("image", batch.pixels)
     keys = ImageUploader.keys(uploads) if uploads else [""] * len(batch.refs)
+    return make_records(batch.refs, vectors, batch.jpegs, keys, batch.sizes, source_name, keep_jpeg)
+
+
+def make_records(
+    refs: Sequence[ItemRef],
+    vectors: Sequence[np.ndarray],
+    jpegs: Sequence[bytes],
+    keys: Sequence[str],
+    sizes: Sequence[tuple[int, int]],
+    source_name: str,
+    keep_jpeg: bool,
+) -> list[Record]:
+    """The rows of a batch: `refs[i]` embedded as `vectors[i]`, its JPEG uploaded under
+    `keys[i]` ("" when not uploaded)."""
     return [
         Record(
             id=ref.id,
@@ -185,28 +201,46 @@ def _records(
             width=width,
             height=height,
         )
-        for ref, vector, jpeg, key, (width, height) in zip(
-            batch.refs, vectors, batch.jpegs, keys, batch.sizes, strict=True
-        )
+        for ref, vector, jpeg, key, (width, height) in zip(refs, vectors, jpegs, keys, sizes, strict=True)
     ]
 
 
-def ingest(
+def note_failures(summary: IngestSummary, failures: Sequence[tuple[ItemRef, str]]) -> None:
+    for ref, reason in failures:
+        log.warning("skipping %s: %s", ref.id, reason)
+    summary.failed += len(failures)
+
+
+def write_records(
+    store: VectorStore, records: list[Record], hashes: list[str], summary: IngestSummary, *, sync: bool
+) -> None:
+    """Append (with `sync`: upsert) one batch's rows and commit them, counting into `summary`."""
+    stored_hashes = getattr(store, "content_hashes", None) and hashes
+    if sync:
+        added, updated = store.upsert(records, content_hashes=stored_hashes)  # type: ignore[attr-defined]
+        summary.added += added
+        summary.updated += updated
+    elif stored_hashes:
+        summary.added += store.append(records, content_hashes=stored_hashes)  # type: ignore[call-arg]
+    else:
+        summary.added += store.append(records)
+    summary.uploaded += sum(1 for r in records if r.s3_key)
+    log.info("committed %d records (%d in the dataset)", len(records), store.info.rows)
+
+
+def plan_ingest(
     source: Source,
-    *,
     store: VectorStore,
-    encoder: Encoder,
-    batch_size: int = 16,
-    workers: int = 0,
-    uploader: ImageUploader | None = None,
-    keep_jpeg: bool = True,
-    progress: bool = True,
-    sync: bool = False,
-) -> IngestSummary:
-    """Index every image of `source` not yet in `store`; with `sync`, also index changed ones
-    again and remove the rows of those gone (see the module docstring)."""
+    *,
+    limits: MediaLimits,
+    batch_size: int,
+    uploader: ImageUploader | None,
+    sync: bool,
+) -> tuple[list[ItemRef], IngestSummary]:
+    """Everything before the first image is read for indexing: S3 objects the rows point to put
+    back, ids already in the store dropped, and with `sync` changed items added and gone rows
+    removed. The items still to index, and the summary so far."""
     summary = IngestSummary(sync=sync)
-    start = time.perf_counter()
     if sync and not hasattr(store, "content_hashes"):
         raise TypeError(f"{type(store).__name__} cannot sync: it keeps no content hashes")
     restored, reread = vanished_uploads(store, uploader) if uploader else (0, {})
@@ -225,30 +259,39 @@ def ingest(
         todo = todo + changed
     if again:
         assert uploader is not None
-        restored += restore_uploads(source, again, reread, uploader, encoder, batch_size)
+        restored += restore_uploads(source, again, reread, uploader, limits, batch_size)
     if len(again) < len(reread):
         log.warning("%d image(s) missing from S3 are no longer in the source", len(reread) - len(again))
     summary.restored = restored
     log.info("%s: %d to index, %d already present", source.name, len(todo), summary.skipped)
+    return todo, summary
+
+
+def ingest(
+    source: Source,
+    *,
+    store: VectorStore,
+    encoder: Encoder,
+    batch_size: int = 16,
+    workers: int = 0,
+    uploader: ImageUploader | None = None,
+    keep_jpeg: bool = True,
+    progress: bool = True,
+    sync: bool = False,
+) -> IngestSummary:
+    """Index every image of `source` not yet in `store`; with `sync`, also index changed ones
+    again and remove the rows of those gone (see the module docstring)."""
+    start = time.perf_counter()
+    todo, summary = plan_ingest(
+        source, store, limits=encoder.limits, batch_size=batch_size, uploader=uploader, sync=sync
+    )
     batches = prepared_batches(source, todo, limits=encoder.limits, batch_size=batch_size, workers=workers)
     with tqdm(total=len(todo), unit="img", disable=not progress, desc="ingest", smoothing=0.1) as bar:
         for batch in batches:
-            for ref, reason in batch.failures:
-                log.warning("skipping %s: %s", ref.id, reason)
-            summary.failed += len(batch.failures)
+            note_failures(summary, batch.failures)
             if batch.refs:
                 records = _records(batch, encoder, source.name, uploader, keep_jpeg)
-                hashes = getattr(store, "content_hashes", None) and batch.hashes
-                if sync:
-                    added, updated = store.upsert(records, content_hashes=hashes)  # type: ignore[attr-defined]
-                    summary.added += added
-                    summary.updated += updated
-                elif hashes:
-                    summary.added += store.append(records, content_hashes=hashes)  # type: ignore[call-arg]
-                else:
-                    summary.added += store.append(records)
-                summary.uploaded += sum(1 for r in records if r.s3_key)
-                log.info("committed %d records (%d in the dataset)", len(records), store.info.rows)
+                write_records(store, records, batch.hashes, summary, sync=sync)
             bar.update(len(batch))
             if summary.failed:
                 bar.set_postfix(failed=summary.failed, refresh=False)

@@ -27,6 +27,7 @@ from core.startup import store_creds
 from core.store.deeplake_store import DeepLakeStore
 from ingest.index_policy import IndexDecision, refresh_index
 from ingest.pipeline import IngestSummary, ingest
+from ingest.sources.base import Source
 from ingest.sources.factory import parse_source
 from ingest.uploader import ImageUploader
 from ingest.writer_lock import writer_lock
@@ -66,11 +67,13 @@ def run_ingest(
     overwrite: bool = False,
     sync: bool = False,
     notify: Callable[[str], None] = log.warning,
+    ray: str | None = None,
 ) -> IngestReport:
     """Ingest `source_spec` into `[store] dataset`; `workers` / `batch_size` override `[ingest]`;
     `follow_links`: index a folder's links to files outside it too; `overwrite`: delete the
     dataset and build it anew (said through `notify`); `sync`: also re-index changed files and
-    remove rows whose file is gone (`ingest.pipeline.ingest`)."""
+    remove rows whose file is gone (`ingest.pipeline.ingest`); `ray`: decode and encode on the
+    Ray cluster at this address, or "auto" (`ingest.ray_ingest`; the model loads there)."""
     secrets = secrets or Secrets.from_env()
     check_upload_settings(settings)
     connection = S3Connection.from_settings(
@@ -110,7 +113,8 @@ def run_ingest(
             uploader = stack.enter_context(
                 ImageUploader(connection, settings.s3.bucket, settings.s3.prefix, settings.s3.upload_threads)
             )
-        encoder = Encoder.load(settings.model, settings.limits, progress=progress)
+        # With Ray the model loads in the cluster's actors, not here.
+        encoder = None if ray else Encoder.load(settings.model, settings.limits, progress=progress)
         created = store is None
         if store is None:
             if existed:
@@ -118,23 +122,54 @@ def run_ingest(
             store = open_store()
             stack.callback(store.close)
         try:
-            summary = ingest(
-                source,
-                store=store,
-                encoder=encoder,
-                batch_size=batch_size or settings.ingest.batch_size,
-                workers=settings.ingest.workers if workers is None else workers,
-                uploader=uploader,
-                keep_jpeg=settings.s3.keep_in_dataset,
-                progress=progress,
-                sync=sync,
-            )
+            if encoder is None:
+                summary = _ray_ingest(settings, source, store, uploader, batch_size, progress, sync, ray)
+            else:
+                summary = ingest(
+                    source,
+                    store=store,
+                    encoder=encoder,
+                    batch_size=batch_size or settings.ingest.batch_size,
+                    workers=settings.ingest.workers if workers is None else workers,
+                    uploader=uploader,
+                    keep_jpeg=settings.s3.keep_in_dataset,
+                    progress=progress,
+                    sync=sync,
+                )
         except BaseException:
             if created and store.info.rows == 0:
                 _remove_new_dataset(store, path, creds)
             raise
-        index = refresh_index(store, summary.added + summary.updated, settings.store)
+        index = refresh_index(store, settings.store)
     return IngestReport(summary, index)
+
+
+def _ray_ingest(
+    settings: Settings,
+    source: Source,
+    store: DeepLakeStore,
+    uploader: ImageUploader | None,
+    batch_size: int | None,
+    progress: bool,
+    sync: bool,
+    address: str,
+) -> IngestSummary:
+    try:
+        from ingest.ray_ingest import RayOptions, ray_ingest
+    except ImportError as exc:
+        raise ConfigError(f"--ray needs Ray Data: pip install 'search-all[ray]' ({exc})") from exc
+    return ray_ingest(
+        source,
+        store=store,
+        model=settings.model,
+        limits=settings.limits,
+        batch_size=batch_size or settings.ingest.batch_size,
+        uploader=uploader,
+        keep_jpeg=settings.s3.keep_in_dataset,
+        progress=progress,
+        sync=sync,
+        options=RayOptions(address=address),
+    )
 
 
 def _delete_for_overwrite(path: str, creds: dict | None, notify: Callable[[str], None], model: str) -> None:
@@ -153,7 +188,7 @@ def _remove_new_dataset(store: DeepLakeStore, path: str, creds: dict | None) -> 
     store.close()
     try:
         DeepLakeStore.delete_dataset(path, creds=creds)
-    except Exception:  # noqa: BLE001 - the run's own error is the one to report
+    except Exception:  # the run's own error is the one to report
         log.exception("could not remove the empty dataset %s this failed run created", path)
     else:
         log.warning("removed the empty dataset %s this failed run created", path)
