@@ -71,8 +71,12 @@ class StoreSettings(_Section):
     dataset: str = "data/lexica"
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    # "auto": exact search in memory up to exact_max_rows rows, the approximate index (kept
+    # beside the dataset by the ingest, core/store/ann) beyond; "exact" / "index" force one.
     search: Literal["auto", "exact", "index"] = "auto"
-    exact_max_rows: int = Field(default=2_000_000, gt=0)
+    # Exact search costs about 0.19 ms per 1,000 rows of 1024-d here (benchmarks/README.md,
+    # store): 10 ms near 50k rows, where the index answers in about 1 ms.
+    exact_max_rows: int = Field(default=50_000, gt=0)
 
 
 class ImageSettings(_Section):

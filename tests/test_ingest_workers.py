@@ -83,26 +83,25 @@ def test_a_second_run_skips_everything_before_decoding(folder, encoder, tmp_path
 
 
 @pytest.mark.parametrize(
-    ("rows", "added", "search", "build"),
+    ("rows", "search", "build"),
     [
-        (100, 10, "auto", False),  # exact search pays up to exact_max_rows
-        (1001, 10, "auto", True),
-        (1001, 0, "auto", False),  # nothing new: the index stays as it was
-        (100, 10, "index", True),
-        (5000, 10, "exact", False),
+        (100, "auto", False),  # exact search pays up to exact_max_rows
+        (1001, "auto", True),  # built when missing or stale, new rows added, else a no-op
+        (100, "index", True),
+        (5000, "exact", False),
     ],
 )
-def test_index_is_built_only_when_it_pays(rows, added, search, build):
+def test_index_is_built_only_when_it_pays(rows, search, build):
     settings = StoreSettings(search=search, exact_max_rows=1000)
-    assert decide_index(rows, added, settings).build is build
+    assert decide_index(rows, settings).build is build
 
 
 def test_refresh_index_builds_it_and_logs_why(tmp_path, encoder, folder, caplog):
     run(folder, encoder, tmp_path / "ds", workers=0)
     caplog.set_level(logging.INFO, logger="ingest.index_policy")
     with DeepLakeStore.open(str(tmp_path / "ds"), read_only=False) as store:
-        assert not refresh_index(store, 11, StoreSettings()).build
-        assert refresh_index(store, 11, StoreSettings(search="index")).build
+        assert not refresh_index(store, StoreSettings()).build
+        assert refresh_index(store, StoreSettings(search="index")).build
         hits = store.search(store.embedding("img001.jpg"), 1)
     assert hits[0].id == "img001.jpg"
     assert "exact_max_rows" in caplog.text and "building the vector index" in caplog.text

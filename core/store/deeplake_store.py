@@ -56,7 +56,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypedDict, Unpack
 
@@ -568,7 +568,10 @@ class DeepLakeStore:
         if row is None:
             raise KeyError(id)
         with self._lock.read():
-            return np.array(self._open_ds()["embedding"][row], dtype=np.float32)
+            try:
+                return np.array(self._open_ds()["embedding"][row], dtype=np.float32)
+            except Exception as exc:  # storage unreachable (S3 down) or damaged
+                raise StoreError(f"cannot read the embedding of {id!r} in dataset {self._path}: {exc}") from exc
 
     def id_at(self, row: int) -> str | None:
         ids = self._current().ids
@@ -597,7 +600,10 @@ class DeepLakeStore:
         if not 0 <= row < rows:
             raise StoreError(f"row {row} is not in dataset {self._path} ({rows} rows)")
         with self._lock.read():
-            data = self._open_ds()["image"].get_bytes(row)
+            try:
+                data = self._open_ds()["image"].get_bytes(row)
+            except Exception as exc:  # storage unreachable (S3 down) or damaged
+                raise StoreError(f"cannot read the image at row {row} of dataset {self._path}: {exc}") from exc
         return bytes(data) or None
 
     def has_text(self) -> bool:
@@ -651,11 +657,13 @@ class DeepLakeStore:
                 self._spare = spare
                 return False
             with self._lock.write():
-                self._state = _settle(self._current(), changes)
+                self._current()  # closed meanwhile: StoreError, and the spare goes
+                self._state = _settle(state, changes)  # (the state changes only under _refreshing)
                 self._ds, self._spare = spare, self._ds
             return True
 
     def close(self) -> None:
+        # Not behind a refresh waiting on S3: that one finds the store closed when it is done.
         with self._refreshing, self._lock.write():
             self._ds = self._spare = None
             self._state = None
@@ -723,9 +731,14 @@ class DeepLakeStore:
     def _load_table(self) -> _State:
         with self._refreshing, self._lock.write():
             state = self._current()
-            if state.table is None:
-                self._state = state = self._advance(state, want_table=True)
+            if state.table is None or state.table.unit.shape[1] != self._table_dim(state.rows):
+                # (a table without vectors, of index mode, is read again when exact search is due)
+                self._state = state = self._advance(replace(state, table=None), want_table=True)
             return state
+
+    def _table_dim(self, rows: int) -> int:
+        """Columns of the table's vectors: none while the index answers (its files hold them)."""
+        return self._dim if self._full_table or self._exact(rows) else 0
 
     def _advance(self, old: _State | None, *, want_table: bool) -> _State:
         """The state for the handle's current version, reading only appended rows when it can.
@@ -759,7 +772,7 @@ class DeepLakeStore:
 
     def _read_table(self, ds: Any, base: Table | None, rows: int) -> Table:
         # In index mode the vectors stay in the index's files: the table holds the rest.
-        dim = self._dim if self._full_table or self._exact(rows) else 0
+        dim = self._table_dim(rows)
         if base is not None and base.unit.shape[1] != dim:
             base = None
         start = base.n if base is not None else 0
