@@ -13,6 +13,13 @@ a button's results go in the thread of the message that carried it. Errors are t
 the user: `chat.postEphemeral` for events and buttons, the command's `response_url` (which works
 in channels the bot is not in) for slash commands.
 
+Whose token: with one workspace (SLACK_BOT_TOKEN) every call uses that token, checked with
+auth.test at start; with many (`[slack] oauth`, bot.slack.oauth) Bolt looks up, per request,
+the bot token of the workspace that sent it, and the listeners answer through the request's
+own client (`Conversation.client`), never the app's. The HTTP listener (or the Socket Mode
+connection) opens before the search service has loaded (`attach`): Slack's Request URL check
+passes during a first start, and a search meanwhile is told "starting up, try again".
+
 Also here: events delivered again by Slack (same `event_id`, `X-Slack-Retry-Num`) are dropped;
 a signed request seen already (the same `X-Slack-Signature`, within the 5 minutes a signature is
 valid) is a replay by whoever saw it, acked with an empty 200 and not acted on; a request whose
@@ -29,7 +36,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -43,10 +50,19 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.common.handle import Admission, build_query, on_allow_list, user_message
-from bot.common.reply import Action, MoreLikeThis, ReplyImage, build_reply, decode_action, run_action, shorten
+from bot.common.reply import (
+    Action,
+    MoreLikeThis,
+    ReplyImage,
+    build_reply,
+    decode_action,
+    run_action,
+    shorten,
+)
 from bot.ops import serve_ops, stop_on_signals
 from bot.slack.dedupe import RecentKeys
 from bot.slack.files import SlackFileFetcher
+from bot.slack.oauth import INSTALL_PATH, NOT_INSTALLED, oauth_settings
 from bot.slack.render import (
     MAX_RESULTS,
     fallback_text,
@@ -55,10 +71,14 @@ from bot.slack.render import (
     upload_filename,
     upload_title,
 )
+from bot.slack.startup import check_app_token, check_bot_token, check_secrets
 from bot.slack.text import query_text, split_limit
 from core.config import Secrets, Settings
 from core.errors import SearchAllError
 from core.service import SearchResult, SearchService
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
 
 log = logging.getLogger("search_all.slack")
 
@@ -82,6 +102,11 @@ USAGE = (
 Tell = Callable[[str], Awaitable[Any]]  # sends a message only the user sees
 
 
+class StartingUpError(SearchAllError):
+    def __init__(self) -> None:
+        super().__init__("Search All is starting up (loading the collection and the model): try again in a minute")
+
+
 class NotInChannelError(SearchAllError):
     def __init__(self) -> None:
         super().__init__(
@@ -92,29 +117,42 @@ class NotInChannelError(SearchAllError):
 
 @dataclass(frozen=True)
 class Conversation:
-    """Who asked, and where the answer goes (`thread_ts=None`: a new top-level message)."""
+    """Who asked, where the answer goes (`thread_ts=None`: a new top-level message), and the
+    Web API client that answers (Bolt's client of the request: the bot token of that workspace)."""
 
     channel: str
     user: str
     team: str
     thread_ts: str | None
+    client: AsyncWebClient
+
+
+class ServiceOpener(Protocol):
+    """`core.startup.open_search_service`, or a stand-in (tests)."""
+
+    def __call__(self, settings: Settings, *, secrets: Secrets) -> AbstractAsyncContextManager[SearchService]: ...
 
 
 class SlackBot:
+    """The Bolt app and its listeners. `service` may come later (`attach`): until then every
+    search is answered `StartingUpError`."""
+
     def __init__(
         self,
-        service: SearchService,
+        service: SearchService | None,
         settings: Settings,
         secrets: Secrets,
         *,
         session: aiohttp.ClientSession,
         socket_mode: bool,
     ):
-        self.service = service
+        self._service = service
         self.settings = settings
-        token = secrets.require("slack_bot_token")
+        oauth = settings.slack.oauth
+        # The app's own client: the one token (its token is the request's, see Conversation), or
+        # none with OAuth. Bolt gets the client alone: given a token too, it warns the token is unused.
         self.client = AsyncWebClient(
-            token=token,
+            token=None if oauth else secrets.require("slack_bot_token"),
             base_url=settings.slack.api_base_url,
             session=session,
             retry_handlers=[
@@ -127,11 +165,12 @@ class SlackBot:
             signing_secret=None if socket_mode else secrets.require("slack_signing_secret"),
             request_verification_enabled=not socket_mode,
             process_before_response=True,
+            oauth_settings=oauth_settings(settings.slack, secrets) if oauth else None,
+            user_facing_authorize_error_message=NOT_INSTALLED,
             logger=log,
         )
         self.files = SlackFileFetcher(
             session,
-            token=token,
             hosts=settings.slack.file_hosts,
             limits=settings.limits,
             max_attachments=settings.bot.max_attachments,
@@ -148,6 +187,27 @@ class SlackBot:
         self.app.event("app_mention")(self.ack_mention)
         self.app.event("message")(self.ack_message)
         self.app.action(re.compile(r"^sa:"))(self.ack_button)
+        if oauth:  # a workspace that removes the app: its installation is deleted
+            self.app.event("app_uninstalled")(self.app.default_app_uninstalled_event_listener())
+            self.app.event("tokens_revoked")(self.app.default_tokens_revoked_event_listener())
+        self._stop_listening: Callable[[], Awaitable[None]] | None = None
+        self._shutdown: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ the search service
+
+    def attach(self, service: SearchService) -> None:
+        """The search service is ready: searches are answered from now on."""
+        self._service = service
+
+    @property
+    def service(self) -> SearchService:
+        if self._service is None:
+            raise StartingUpError()
+        return self._service
+
+    @property
+    def ready(self) -> bool:
+        return self._service is not None
 
     # ------------------------------------------------------------------ tasks
 
@@ -177,6 +237,60 @@ class SlackBot:
             task.cancel()
         await self.drain()
 
+    # ------------------------------------------------------------------ connecting, stopping
+
+    async def listen(self, host: str, port: int, *, grace_s: float) -> None:
+        """HTTP mode: serve `/slack/events` (and, with OAuth, `/slack/install` and
+        `/slack/oauth_redirect`) on host:port; requests in flight at shutdown get `grace_s`."""
+        runner = web.AppRunner(events_web_app(self, port), shutdown_timeout=grace_s)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self.address = runner.addresses[0][:2]
+
+        async def stop() -> None:
+            self.address = None
+            await runner.cleanup()
+
+        self._stop_listening = stop
+
+    async def connect(self, app_token: str) -> None:
+        """Socket Mode: the app-level token checked once (a refused one is a `ConfigError`,
+        not a client retrying for ever), then connected."""
+        from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+        await check_app_token(self.client, app_token)
+        handler = AsyncSocketModeHandler(self.app, app_token, web_client=self.client)
+        await handler.connect_async()
+        self.socket_mode_client = handler.client
+
+        async def stop() -> None:
+            self.socket_mode_client = None
+            await handler.close_async()
+
+        self._stop_listening = stop
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Take no new events (the listener or the socket closes first), give the answers in
+        flight what is left of `grace_s` seconds, cancel the rest. Idempotent."""
+        if self._shutdown is None:
+            self._shutdown = asyncio.create_task(self._shut_down(grace_s))
+        await self._shutdown
+
+    async def _shut_down(self, grace_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        stop, self._stop_listening = self._stop_listening, None
+        try:
+            if stop is not None:
+                await stop()
+            await self.drain(max(0.0, deadline - loop.time()))
+        finally:
+            await self.close()
+
     # ------------------------------------------------------------------ listeners
 
     async def _skip_replays(self, req: Any, next: Callable[[], Awaitable[Any]]) -> Any:
@@ -199,29 +313,35 @@ class SlackBot:
 
     # The ack halves: each answers Slack at once and hands its work half to `_spawn`.
 
-    async def ack_command(self, ack: Callable[..., Awaitable[Any]], command: dict[str, Any], respond: Any) -> None:
+    async def ack_command(
+        self, ack: Callable[..., Awaitable[Any]], command: dict[str, Any], respond: Any, client: AsyncWebClient
+    ) -> None:
         await ack()
-        conversation = Conversation(command["channel_id"], command["user_id"], command.get("team_id", ""), None)
+        conversation = Conversation(command["channel_id"], command["user_id"], command.get("team_id", ""), None, client)
 
         async def tell(text: str) -> None:
             await respond(text=text, response_type="ephemeral", replace_original=False)
 
         self._spawn(self.answer_command(conversation, tell, query_text(command.get("text") or "")))
 
-    async def ack_mention(self, event: dict[str, Any]) -> None:
+    async def ack_mention(self, event: dict[str, Any], client: AsyncWebClient) -> None:
         if event.get("channel_type") == "im":
             return  # a DM arrives as message.im too; answered there
-        self._spawn(self.answer_message(event))
+        self._spawn(self.answer_message(event, client))
 
-    async def ack_message(self, event: dict[str, Any]) -> None:
+    async def ack_message(self, event: dict[str, Any], client: AsyncWebClient) -> None:
         if event.get("channel_type") != "im" or event.get("bot_id"):
             return
         if event.get("subtype") not in (None, "file_share"):
             return  # edits, deletions, joins...
-        self._spawn(self.answer_message(event))
+        self._spawn(self.answer_message(event, client))
 
     async def ack_button(
-        self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any], action: dict[str, Any]
+        self,
+        ack: Callable[..., Awaitable[Any]],
+        body: dict[str, Any],
+        action: dict[str, Any],
+        client: AsyncWebClient,
     ) -> None:
         await ack()
         decoded = decode_action(action.get("value") or action.get("action_id") or "")
@@ -235,6 +355,7 @@ class SlackBot:
             user=(body.get("user") or {}).get("id", ""),
             team=(body.get("team") or {}).get("id", ""),
             thread_ts=message.get("thread_ts") or message.get("ts") or container.get("message_ts"),
+            client=client,
         )
         self._spawn(self.answer_button(conversation, decoded))
 
@@ -246,14 +367,17 @@ class SlackBot:
             return
         await self._answer(conversation, tell, lambda: self._search_text(text))
 
-    async def answer_message(self, event: Mapping[str, Any]) -> None:
+    async def answer_message(self, event: Mapping[str, Any], client: AsyncWebClient) -> None:
         conversation = Conversation(
             channel=event["channel"],
             user=event.get("user", ""),
             team=event.get("team", ""),
             thread_ts=event.get("thread_ts") or event["ts"],
+            client=client,
         )
-        await self._answer(conversation, self._ephemeral(conversation), lambda: self._search_message(event))
+        await self._answer(
+            conversation, self._ephemeral(conversation), lambda: self._search_message(conversation, event)
+        )
 
     async def answer_button(self, conversation: Conversation, action: Action) -> None:
         limit = self.admission.limit(None) if isinstance(action, MoreLikeThis) else None
@@ -265,6 +389,8 @@ class SlackBot:
         self, conversation: Conversation, tell: Tell, search: Callable[[], Awaitable[SearchResult]]
     ) -> None:
         try:
+            if not self.ready:  # before the rate limit: a try while starting up costs nothing
+                raise StartingUpError()
             self.admission.admit(
                 f"{conversation.team}:{conversation.user}",
                 on_allow_list(self.settings.slack.allowed_channels, conversation.channel),
@@ -281,7 +407,7 @@ class SlackBot:
 
     def _ephemeral(self, conversation: Conversation) -> Tell:
         async def tell(text: str) -> None:
-            await self.client.chat_postEphemeral(
+            await conversation.client.chat_postEphemeral(
                 channel=conversation.channel,
                 user=conversation.user,
                 text=text,
@@ -296,22 +422,26 @@ class SlackBot:
         query = build_query(text, [], limits=self.settings.limits, limit=size.value)
         return size.told(await self.service.search(query))
 
-    async def _search_message(self, event: Mapping[str, Any]) -> SearchResult:
+    async def _search_message(self, conversation: Conversation, event: Mapping[str, Any]) -> SearchResult:
+        service = self.service  # starting up: said before any file is downloaded
         text, asked = split_limit(query_text(event.get("text") or ""))
         size = self.admission.page_size(asked)
-        attachments = await self.files.attachments(event.get("files") or [], file_info=self._file_info)
-        query = build_query(text, attachments, limits=self.settings.limits, limit=size.value)
-        return size.told(await self.service.search(query))
+        client = conversation.client
 
-    async def _file_info(self, file_id: str) -> Mapping[str, Any]:
-        response = await self.client.files_info(file=file_id)
-        return response["file"]
+        async def file_info(file_id: str) -> Mapping[str, Any]:
+            return (await client.files_info(file=file_id))["file"]
+
+        attachments = await self.files.attachments(
+            event.get("files") or [], token=client.token or "", file_info=file_info
+        )
+        query = build_query(text, attachments, limits=self.settings.limits, limit=size.value)
+        return size.told(await service.search(query))
 
     async def _post_result(self, conversation: Conversation, result: SearchResult) -> None:
         reply = build_reply(result, caption_chars=self.settings.bot.caption_chars)
         top_level = conversation.thread_ts is None
         try:
-            posted = await self.client.chat_postMessage(
+            posted = await conversation.client.chat_postMessage(
                 channel=conversation.channel,
                 thread_ts=conversation.thread_ts,
                 text=fallback_text(reply),
@@ -325,9 +455,9 @@ class SlackBot:
             raise
         uploads = [image for image in reply.images[:MAX_RESULTS] if needs_upload(image)]
         if uploads:
-            await self._share_images(conversation.channel, conversation.thread_ts or posted["ts"], uploads)
+            await self._share_images(conversation, conversation.thread_ts or posted["ts"], uploads)
 
-    async def _share_images(self, channel: str, thread_ts: str, images: list[ReplyImage]) -> None:
+    async def _share_images(self, conversation: Conversation, thread_ts: str, images: list[ReplyImage]) -> None:
         """Upload the dataset's JPEGs of `images` and share them in the thread (see bot.slack.render)."""
         jpegs = await asyncio.gather(*(self.service.image_bytes(image.item) for image in images))
         files = [
@@ -341,8 +471,8 @@ class SlackBot:
             if jpeg
         ]
         for start in range(0, len(files), UPLOADS_PER_CALL):
-            await self.client.files_upload_v2(
-                channel=channel, thread_ts=thread_ts, file_uploads=files[start : start + UPLOADS_PER_CALL]
+            await conversation.client.files_upload_v2(
+                channel=conversation.channel, thread_ts=thread_ts, file_uploads=files[start : start + UPLOADS_PER_CALL]
             )
 
 
@@ -372,40 +502,40 @@ def events_web_app(bot: SlackBot, port: int) -> web.Application:
 
 @contextlib.asynccontextmanager
 async def running_slack_bot(
-    service: SearchService, settings: Settings, secrets: Secrets, *, socket_mode: bool
+    service: SearchService | None, settings: Settings, secrets: Secrets, *, socket_mode: bool
 ) -> AsyncIterator[SlackBot]:
-    """The bot connected (Socket Mode) or listening on `[slack] host/port` (HTTP) until exit;
-    then it takes no new events (the socket or listener closes first) and gets `[ops]
+    """The bot connected (Socket Mode) or listening on `[slack] host/port` (HTTP) until exit,
+    its bot token checked first (one workspace); `service` may be None and `attach`ed later.
+    On exit it takes no new events (the socket or listener closes first) and gets `[ops]
     shutdown_grace_seconds` to send the answers in flight before the rest is cancelled."""
+    check_secrets(settings, secrets, socket_mode=socket_mode)
+    grace_s = settings.ops.shutdown_grace_seconds
     async with aiohttp.ClientSession() as session:
         bot = SlackBot(service, settings, secrets, session=session, socket_mode=socket_mode)
         try:
+            if not settings.slack.oauth:
+                me = await check_bot_token(bot.client)
+                log.info("Slack bot token of %s in workspace %s (%s)", me.get("user"), me.get("team"), me.get("team_id"))
             if socket_mode:
-                from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-
-                handler = AsyncSocketModeHandler(
-                    bot.app, secrets.require("slack_app_token"), web_client=bot.client
-                )
-                await handler.connect_async()
-                bot.socket_mode_client = handler.client
-                try:
-                    yield bot
-                finally:
-                    await handler.close_async()
+                await bot.connect(secrets.require("slack_app_token"))
             else:
-                runner = web.AppRunner(events_web_app(bot, settings.slack.port))
-                await runner.setup()
-                try:
-                    await web.TCPSite(runner, settings.slack.host, settings.slack.port).start()
-                    host, port = runner.addresses[0][:2]
-                    bot.address = (host, port)
-                    yield bot
-                finally:
-                    await runner.cleanup()
-                    bot.address = None
-            await bot.drain(settings.ops.shutdown_grace_seconds)
+                await bot.listen(settings.slack.host, settings.slack.port, grace_s=grace_s)
+            yield bot
         finally:
-            await bot.close()
+            await bot.shutdown(grace_s)
+
+
+def where(bot: SlackBot) -> str:
+    """Where the bot takes events, for the start-up lines."""
+    if bot.address is None:
+        return "connected with Socket Mode"
+    host, port = bot.address
+    shown = f"listening on http://{host}:{port}{EVENTS_PATH}"
+    if bot.settings.slack.oauth:
+        redirect = bot.settings.slack.redirect_url
+        origin = redirect.split("/slack/", 1)[0] if redirect else f"http://{host}:{port}"
+        shown += f", workspaces install it at {origin}{INSTALL_PATH}"
+    return shown
 
 
 async def serve_slack(
@@ -415,24 +545,33 @@ async def serve_slack(
     socket_mode: bool,
     stop: asyncio.Event,
     on_ready: Callable[[SlackBot], None] | None = None,
+    on_listening: Callable[[SlackBot], None] | None = None,
+    open_service: ServiceOpener | None = None,
 ) -> None:
-    """Open the search service, run the bot until `stop` is set; /healthz and /metrics are served
-    on `[ops] health_host:health_port` (0: not served) once the bot listens or is connected.
-    `on_ready` gets the bot then (in HTTP mode, `bot.address` is where it listens)."""
-    from core.startup import open_search_service
-
-    async with open_search_service(settings, secrets=secrets) as service:
-        async with running_slack_bot(service, settings, secrets, socket_mode=socket_mode) as bot:
-            async with serve_ops(service, settings.ops.health_host, settings.ops.health_port,
-                                 {"slack": bot.health}):
-                if bot.address:
-                    where = f"listening on http://{bot.address[0]}:{bot.address[1]}{EVENTS_PATH}"
-                else:
-                    where = "connected with Socket Mode"
-                print(f"Search All Slack bot: {where} (Ctrl+C stops)", flush=True)
-                if on_ready is not None:
-                    on_ready(bot)
-                await stop.wait()
+    """Run the bot until `stop` is set. It listens (or connects) first, then opens the search
+    service (`open_service`, by default `core.startup.open_search_service`): Slack's URL check
+    and signed requests are answered meanwhile, searches with "starting up". /healthz and
+    /metrics are served on `[ops] health_host:health_port` (0: not served) once the service is
+    open. `on_listening` gets the bot as soon as it listens (in HTTP mode, `bot.address` is
+    where), `on_ready` once it searches."""
+    if open_service is None:
+        from core.startup import open_search_service as open_service
+    grace_s = settings.ops.shutdown_grace_seconds
+    async with running_slack_bot(None, settings, secrets, socket_mode=socket_mode) as bot:
+        print(f"Search All Slack bot: {where(bot)}; loading the collection and the model", flush=True)
+        if on_listening is not None:
+            on_listening(bot)
+        async with open_service(settings, secrets=secrets) as service:
+            bot.attach(service)
+            try:
+                async with serve_ops(service, settings.ops.health_host, settings.ops.health_port,
+                                     {"slack": bot.health}):
+                    print(f"Search All Slack bot: ready, {where(bot)} (Ctrl+C stops)", flush=True)
+                    if on_ready is not None:
+                        on_ready(bot)
+                    await stop.wait()
+            finally:
+                await bot.shutdown(grace_s)  # the answers in flight, while the service is open
 
 
 def wants_socket_mode(settings: Settings, flag: bool) -> bool:
@@ -443,8 +582,7 @@ def wants_socket_mode(settings: Settings, flag: bool) -> bool:
 def run_slack(settings: Settings, secrets: Secrets, *, socket_mode: bool) -> None:
     """`search-all bot slack`: runs until interrupted (Ctrl-C or SIGTERM)."""
     socket_mode = wants_socket_mode(settings, socket_mode)
-    secrets.require("slack_bot_token")  # before the model loads: fail fast
-    secrets.require("slack_app_token" if socket_mode else "slack_signing_secret")
+    check_secrets(settings, secrets, socket_mode=socket_mode)  # fail fast, before anything opens
 
     async def main() -> None:
         stop = asyncio.Event()

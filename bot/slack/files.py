@@ -70,27 +70,26 @@ def transcript_of(data: Mapping[str, Any]) -> str | None:
 
 
 class SlackFileFetcher:
-    """Downloads message files with the bot token, from Slack's file hosts only."""
+    """Downloads message files with the bot token of their workspace, from Slack's file hosts only."""
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
         *,
-        token: str,
         hosts: Iterable[str],
         limits: MediaLimits,
         max_attachments: int,
     ):
         self._session = session
-        self._headers = {"Authorization": f"Bearer {token}"}
         self.hosts = tuple(hosts)
         self.limits = limits
         self.max_attachments = max_attachments
 
     async def attachments(
-        self, raw_files: Sequence[Mapping[str, Any]], *, file_info: FileInfo | None = None
+        self, raw_files: Sequence[Mapping[str, Any]], *, token: str, file_info: FileInfo | None = None
     ) -> list[Attachment]:
-        """All files of a message, checked (count, kind, size) before any is downloaded."""
+        """All files of a message, checked (count, kind, size) before any is downloaded with
+        `token` (the bot token of the workspace the message comes from)."""
         check_attachment_count(len(raw_files), self.max_attachments)
         files = [SlackFile.from_event(await self._complete(raw, file_info)) for raw in raw_files]
         checked = [
@@ -99,7 +98,8 @@ class SlackFileFetcher:
             for file in files
         ]
         return await fetch_files(self._session, checked, allowed_hosts=self.hosts,
-                                 max_bytes=self.limits.max_file_bytes, headers=self._headers)
+                                 max_bytes=self.limits.max_file_bytes,
+                                 headers={"Authorization": f"Bearer {token}"})
 
     async def _complete(self, raw: Mapping[str, Any], file_info: FileInfo | None) -> Mapping[str, Any]:
         if raw.get("file_access") == "check_file_info" and file_info is not None and raw.get("id"):

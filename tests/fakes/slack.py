@@ -14,6 +14,14 @@ It speaks the parts of Slack's protocol the bot uses, over real HTTP and WebSock
   `file_gets` with its Authorization header.
 - Socket Mode: the WebSocket at `/socket` sends `{"type": "hello"}`, then the envelopes given to
   `send_envelope`; acks received (`{"envelope_id": ...}`) are recorded in `acks`.
+- Workspaces: `bot_token` belongs to `TEAM_ID`; `add_workspace` adds another team's token;
+  `revoke` makes a token answer `token_revoked`. Every Web API call is checked against them, and
+  auth.test answers the token's own team.
+- OAuth (Slack's install flow): `GET /oauth/v2/authorize` (`authorize_url`) is an admin of
+  the team given to `approve_next` clicking "Allow": recorded in `authorizations`, it redirects
+  to the `redirect_uri` asked for (or `redirect_url`, the app's configured one) with a one-time
+  `code` and the `state`; oauth.v2.access (the app's `client_id` / `client_secret`, as HTTP
+  Basic auth or form fields) trades the code for that team's new bot token.
 
 `signed_headers` signs a request body the way Slack does. Waits (`wait_for`) are bounded and
 wake on the recorded event, never on a timer.
@@ -22,12 +30,13 @@ wake on the recorded event, never on a timer.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import WSMsgType, web
@@ -38,6 +47,9 @@ from tests.fakes.loopback import serve_on_loopback
 BOT_USER_ID = "UBOTSEARCH"
 BOT_ID = "BBOTSEARCH"
 TEAM_ID = "T0TEST0001"
+APP_ID = "A0TEST"
+CLIENT_ID = "1111111111.2222222222"
+CLIENT_SECRET = "fake-client-secret"
 WAIT_S = 20.0
 
 
@@ -66,12 +78,18 @@ class _StoredFile:
 class FakeSlack:
     bot_token: str
     app_token: str = "xapp-1-test"
+    client_id: str = CLIENT_ID
+    client_secret: str = CLIENT_SECRET
+    redirect_url: str | None = None  # the app's Redirect URL, used when the flow names none
+    authorizations: list[dict[str, str]] = field(default_factory=list)  # authorize page visits
     calls: list[ApiCall] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)
     responses: list[dict[str, Any]] = field(default_factory=list)
     file_gets: list[FileGet] = field(default_factory=list)
     acks: list[dict[str, Any]] = field(default_factory=list)
     posted_ts: list[str] = field(default_factory=list)  # the ts given to each chat.postMessage
+    # Channels, members, admins, history (tests/fakes/slack_directory.py), when a test gives them.
+    directory: Any = None
 
     def __post_init__(self) -> None:
         self._files: dict[str, _StoredFile] = {}
@@ -79,6 +97,10 @@ class FakeSlack:
         self._failures: dict[str, list[int]] = {}
         self._gates: dict[str, asyncio.Event] = {}
         self._ids = itertools.count(1)
+        self._teams: dict[str, str] = {self.bot_token: TEAM_ID}  # bot token -> its workspace
+        self._revoked: set[str] = set()
+        self._approving: list[str] = []  # teams whose admin approves the next authorize visits
+        self._codes: dict[str, str] = {}  # one-time code -> team
         self._changed = asyncio.Condition()
         self._sockets: list[web.WebSocketResponse] = []
         self._runner: web.AppRunner | None = None
@@ -86,7 +108,7 @@ class FakeSlack:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> FakeSlack:
+    async def __aenter__(self) -> Self:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.add_routes(
             [
@@ -96,6 +118,7 @@ class FakeSlack:
                 web.post("/response/{id}", self._response),
                 web.get("/files-pri/{id}/{name}", self._file),
                 web.get("/socket", self._socket),
+                web.get("/oauth/v2/authorize", self._authorize),
             ]
         )
         self._runner, self.port = await serve_on_loopback(app)
@@ -120,6 +143,10 @@ class FakeSlack:
     @property
     def api_url(self) -> str:
         return f"{self.base_url}/api/"
+
+    @property
+    def authorize_url(self) -> str:
+        return f"{self.base_url}/oauth/v2/authorize"
 
     # ------------------------------------------------------------------ test controls
 
@@ -157,6 +184,21 @@ class FakeSlack:
             }
         self._file_objects[file_id] = dict(obj)
         return obj
+
+    def add_workspace(self, team_id: str, bot_token: str) -> None:
+        """Another workspace, with the app installed already under `bot_token`."""
+        self._teams[bot_token] = team_id
+
+    def revoke(self, token: str) -> None:
+        self._revoked.add(token)
+
+    def approve_next(self, team_id: str) -> None:
+        """The next visit of the authorize page is an admin of `team_id` clicking "Allow"."""
+        self._approving.append(team_id)
+
+    def token_of(self, team_id: str) -> list[str]:
+        """The bot tokens the fake has issued or knows for `team_id`."""
+        return [token for token, team in self._teams.items() if team == team_id]
 
     def response_url(self, name: str) -> str:
         return f"{self.base_url}/response/{name}"
@@ -211,6 +253,10 @@ class FakeSlack:
             params.update(parse_qsl((await request.read()).decode()))
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else params.get("token")
+        if auth.startswith("Basic "):  # oauth.v2.access: the app's client id and secret
+            client_id, _, client_secret = base64.b64decode(auth.removeprefix("Basic ")).decode().partition(":")
+            params.setdefault("client_id", client_id)
+            params.setdefault("client_secret", client_secret)
         if method in self._gates:
             await self._gates[method].wait()
         failures = self._failures.get(method)
@@ -222,12 +268,43 @@ class FakeSlack:
             )
         if status != 200:
             return web.json_response({"ok": False, "error": "fatal_error"}, status=status)
-        expected = self.app_token if method == "apps.connections.open" else self.bot_token
-        if token != expected:
+        if method == "oauth.v2.access":
+            return web.json_response(self._exchange(params))
+        if token in self._revoked:
+            return web.json_response({"ok": False, "error": "token_revoked"})
+        if method == "apps.connections.open":
+            if token != self.app_token:
+                error = "not_allowed_token_type" if token in self._teams else "invalid_auth"
+                return web.json_response({"ok": False, "error": error})
+        elif token not in self._teams:
             return web.json_response({"ok": False, "error": "invalid_auth"})
-        return web.json_response(self._answer(method, params))
+        return web.json_response(self._answer(method, params, self._teams.get(token or "", "")))
 
-    def _answer(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    def _exchange(self, params: dict[str, Any]) -> dict[str, Any]:
+        """oauth.v2.access: a code the authorize page gave out, once, for the app's credentials."""
+        if params.get("client_id") != self.client_id:
+            return {"ok": False, "error": "invalid_client_id"}
+        if params.get("client_secret") != self.client_secret:
+            return {"ok": False, "error": "bad_client_secret"}
+        team = self._codes.pop(str(params.get("code")), None)
+        if team is None:
+            return {"ok": False, "error": "invalid_code"}
+        token = f"xoxb-{team}-{next(self._ids)}"
+        self._teams[token] = team
+        return {
+            "ok": True,
+            "app_id": APP_ID,
+            "authed_user": {"id": "U0INSTALLER"},
+            "scope": "app_mentions:read,chat:write,commands,files:read,files:write,im:history",
+            "token_type": "bot",
+            "access_token": token,
+            "bot_user_id": BOT_USER_ID,
+            "team": {"id": team, "name": f"team {team}"},
+            "enterprise": None,
+            "is_enterprise_install": False,
+        }
+
+    def _answer(self, method: str, params: dict[str, Any], team: str) -> dict[str, Any]:
         n = next(self._ids)
         if method == "auth.test":
             return {
@@ -235,7 +312,7 @@ class FakeSlack:
                 "url": "https://test.slack.com/",
                 "team": "test",
                 "user": "search-all",
-                "team_id": TEAM_ID,
+                "team_id": team,
                 "user_id": BOT_USER_ID,
                 "bot_id": BOT_ID,
                 "is_enterprise_install": False,
@@ -263,6 +340,8 @@ class FakeSlack:
             return {"ok": True, "file": stored} if stored else {"ok": False, "error": "file_not_found"}
         if method == "apps.connections.open":
             return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/socket?ticket=t{n}"}
+        if self.directory is not None and (found := self.directory.answer(method, params, team)) is not None:
+            return found
         return {"ok": False, "error": "unknown_method"}
 
     async def _upload(self, request: web.Request) -> web.Response:
@@ -282,9 +361,23 @@ class FakeSlack:
         await self._record(lambda: self.file_gets.append(FileGet(request.path, authorization)))
         file_id = request.match_info["id"].rsplit("-", 1)[-1]
         stored = self._files.get(file_id)
-        if authorization != f"Bearer {self.bot_token}" or stored is None:
+        token = (authorization or "").removeprefix("Bearer ")
+        if token not in self._teams or token in self._revoked or stored is None:
             return web.Response(text="<html><body>Sign in to Slack</body></html>", content_type="text/html")
         return web.Response(body=stored.data, content_type=stored.mimetype)
+
+    async def _authorize(self, request: web.Request) -> web.Response:
+        """Slack's "Allow" page, approved by an admin of the team given to `approve_next`."""
+        query = dict(request.query)
+        await self._record(lambda: self.authorizations.append(query))
+        redirect = query.get("redirect_uri") or self.redirect_url
+        if query.get("client_id") != self.client_id or not redirect:
+            return web.Response(status=400, text="invalid_client_id or no redirect URL")
+        if not self._approving:
+            raise web.HTTPFound(f"{redirect}?{urlencode({'error': 'access_denied', 'state': query.get('state', '')})}")
+        code = f"code-{next(self._ids)}"
+        self._codes[code] = self._approving.pop(0)
+        raise web.HTTPFound(f"{redirect}?{urlencode({'code': code, 'state': query.get('state', '')})}")
 
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse()
@@ -308,7 +401,7 @@ class RecordingHost:
         self._runner: web.AppRunner | None = None
         self.port = 0
 
-    async def __aenter__(self) -> RecordingHost:
+    async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._any)
         self._runner, self.port = await serve_on_loopback(app)
@@ -332,10 +425,12 @@ def signed_headers(secret: str, body: str, *, timestamp: int | None = None, **ex
     return {"X-Slack-Request-Timestamp": str(timestamp), "X-Slack-Signature": signature, **extra}
 
 
-def command_payload(text: str, *, user: str, channel: str, response_url: str) -> dict[str, str]:
+def command_payload(
+    text: str, *, user: str, channel: str, response_url: str, team: str = TEAM_ID
+) -> dict[str, str]:
     return {
         "token": "legacy-verification-token",
-        "team_id": TEAM_ID,
+        "team_id": team,
         "team_domain": "test",
         "channel_id": channel,
         "channel_name": "general",
@@ -350,25 +445,32 @@ def command_payload(text: str, *, user: str, channel: str, response_url: str) ->
     }
 
 
-def command_body(text: str, *, user: str, channel: str, response_url: str) -> str:
-    return urlencode(command_payload(text, user=user, channel=channel, response_url=response_url))
+def command_body(text: str, *, user: str, channel: str, response_url: str, team: str = TEAM_ID) -> str:
+    return urlencode(command_payload(text, user=user, channel=channel, response_url=response_url, team=team))
 
 
-def event_payload(event: dict[str, Any], *, event_id: str) -> dict[str, Any]:
+def event_payload(event: dict[str, Any], *, event_id: str, team: str = TEAM_ID) -> dict[str, Any]:
     return {
         "token": "legacy-verification-token",
-        "team_id": TEAM_ID,
+        "team_id": team,
         "api_app_id": "A0TEST",
         "event": event,
         "type": "event_callback",
         "event_id": event_id,
         "event_time": int(time.time()),
-        "authorizations": [{"team_id": TEAM_ID, "user_id": BOT_USER_ID, "is_bot": True}],
+        "authorizations": [{"team_id": team, "user_id": BOT_USER_ID, "is_bot": True}],
     }
 
 
 def message_event(
-    kind: str, text: str, *, user: str, channel: str, ts: str, files: list[dict[str, Any]] | None = None
+    kind: str,
+    text: str,
+    *,
+    user: str,
+    channel: str,
+    ts: str,
+    files: list[dict[str, Any]] | None = None,
+    team: str = TEAM_ID,
 ) -> dict[str, Any]:
     """An `app_mention` (kind "app_mention") or DM (`message`, channel_type "im") event."""
     event: dict[str, Any] = {
@@ -377,7 +479,7 @@ def message_event(
         "text": text,
         "ts": ts,
         "channel": channel,
-        "team": TEAM_ID,
+        "team": team,
         "event_ts": ts,
     }
     if kind == "message":
