@@ -12,6 +12,8 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -286,3 +288,150 @@ def toml(data: dict[str, Any]) -> str:
         lines.append(f"[{section}]")
         lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- Slack first, shutdown together
+
+
+def held_searches(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, list[Any], list[Any]]:
+    """Every search waits for the returned gate; `entered` lists those that started waiting,
+    `given_up` those cancelled while waiting."""
+    gate, entered, given_up = asyncio.Event(), [], []
+    search = SearchService.search
+
+    async def held_search(self: SearchService, query: Query, *args: Any, **kwargs: Any) -> Any:
+        entered.append(query)
+        try:
+            await gate.wait()
+        except asyncio.CancelledError:
+            given_up.append(query)
+            raise
+        return await search(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(SearchService, "search", held_search)
+    return gate, entered, given_up
+
+
+async def until(predicate: Any) -> None:
+    for _ in range(4000):  # bounded: 20 s at most
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("never happened")
+
+
+async def refuses_connections(url: str) -> bool:
+    """Whether `url`'s listener is closed (a new connection is refused), polled for 20 s at most."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
+                                     timeout=aiohttp.ClientTimeout(total=WAIT_S)) as probe:
+        for _ in range(4000):
+            try:
+                async with probe.get(url):
+                    pass
+            except aiohttp.ClientConnectorError:
+                return True
+            await asyncio.sleep(0.005)
+    return False
+
+
+async def web_search(http: aiohttp.ClientSession, web_url: str, text: str) -> tuple[int, dict[str, Any]]:
+    form = aiohttp.FormData(default_to_multipart=True)
+    form.add_field("text", text)
+    async with http.post(f"{web_url}/api/search", data=form) as response:
+        return response.status, await response.json()
+
+
+async def test_front_ends_shut_down_together_and_answer_what_they_took(raw_settings, monkeypatch):
+    """A stop closes the Slack listener and the web page at once, each answering the request it
+    had taken: both listeners refuse new connections while both answers are still held (one
+    after the other, the page would listen until Slack's answer was sent)."""
+    async with FakeSlack(bot_token=BOT_TOKEN) as slack_fake, \
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as http:
+        settings = settings_for(raw_settings, slack=slack_fake)
+        stop = asyncio.Event()
+        task, serving = await started(settings, Plan(discord=False, slack=True, web=True), stop)
+        gate, entered, given_up = held_searches(monkeypatch)
+        try:
+            assert serving.slack is not None and serving.slack.address is not None
+            slack_url = f"http://127.0.0.1:{serving.slack.address[1]}/slack/events"
+            assert await slack_command(http, serving, slack_fake, "a blue square") == 200
+            on_the_page = asyncio.create_task(web_search(http, serving.web_url, "a red circle"))
+            await until(lambda: len(entered) == 2)
+            stop.set()
+            assert await refuses_connections(f"{serving.web_url}/") and await refuses_connections(slack_url)
+            assert given_up == [] and not on_the_page.done() and not task.done()  # both still held
+            assert not slack_fake.calls_to("chat.postMessage")
+            gate.set()
+            status, body = await asyncio.wait_for(on_the_page, WAIT_S)
+            assert status == 200 and len(body["images"]) == 3
+        finally:
+            gate.set()
+            stop.set()
+            await asyncio.wait_for(task, WAIT_S)
+        assert len(slack_fake.calls_to("chat.postMessage")) == 1
+
+
+async def test_a_web_request_in_flight_at_shutdown_is_bounded_by_the_grace_period(raw_settings, monkeypatch):
+    """`[ops] shutdown_grace_seconds` bounds the page's request in flight (it was aiohttp's own
+    60 s): a search that never ends does not hold the stop."""
+    settings = settings_for(raw_settings, shutdown_grace_seconds=0.2)
+    stop = asyncio.Event()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as http:
+        task, serving = await started(settings, Plan(discord=False, slack=False, web=True), stop)
+        gate, entered, given_up = held_searches(monkeypatch)
+        try:
+            on_the_page = asyncio.create_task(web_search(http, serving.web_url, "a red circle"))
+            await until(lambda: len(entered) == 1)
+            stop.set()
+            await asyncio.wait_for(task, WAIT_S)  # returns: the held search was given up on
+            (ended,) = await asyncio.gather(on_the_page, return_exceptions=True)
+            assert isinstance(ended, aiohttp.ClientError)  # the connection closed, unanswered
+            assert given_up == entered
+        finally:
+            gate.set()
+
+
+async def test_serve_listens_for_slack_before_the_model_loads(raw_settings):
+    """`serve` with Slack over HTTP: the listener answers Slack's URL check and tells a search
+    "starting up" while the service is still opening; once open, searches are answered."""
+    gate, loading = asyncio.Event(), asyncio.Event()
+
+    @asynccontextmanager
+    async def slow_open(settings: Settings, *, secrets: Secrets) -> AsyncIterator[SearchService]:
+        loading.set()
+        await gate.wait()
+        async with open_search_service(settings, secrets=secrets, progress=False) as service:
+            yield service
+
+    async with FakeSlack(bot_token=BOT_TOKEN) as fake, \
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as http:
+        port = free_port()
+        settings = settings_for(raw_settings, slack=fake)
+        settings = settings.model_copy(update={"slack": settings.slack.model_copy(update={"port": port})})
+        url = f"http://127.0.0.1:{port}/slack/events"
+        stop = asyncio.Event()
+        ready: asyncio.Future[Serving] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(serve_all(settings, SECRETS, Plan(discord=False, slack=True, web=False),
+                                             stop=stop, on_ready=ready.set_result, open_service=slow_open))
+        try:
+            await asyncio.wait_for(loading.wait(), WAIT_S)
+            challenge = json.dumps({"token": "t", "challenge": "ping-1", "type": "url_verification"})
+            headers = {"Content-Type": "application/json", **signed_headers(SIGNING_SECRET, challenge)}
+            async with http.post(url, data=challenge.encode(), headers=headers) as response:
+                assert response.status == 200 and await response.json() == {"challenge": "ping-1"}
+            body = command_body("a red circle", user="U0SERVE001", channel="C0SERVE001",
+                                response_url=fake.response_url("early"))
+            headers = {"Content-Type": FORM, **signed_headers(SIGNING_SECRET, body)}
+            async with http.post(url, data=body.encode(), headers=headers) as response:
+                assert response.status == 200
+            await fake.wait_for(lambda: bool(fake.responses))
+            assert "starting up" in fake.responses[0]["text"] and not ready.done()
+            gate.set()
+            serving = await asyncio.wait_for(ready, WAIT_S)
+            assert await slack_command(http, serving, fake, "a red circle") == 200
+            (posted,) = await fake.wait_for_calls("chat.postMessage")
+            assert posted.token == BOT_TOKEN and len(fake.responses) == 1
+        finally:
+            gate.set()
+            stop.set()
+            await asyncio.wait_for(task, WAIT_S)

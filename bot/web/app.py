@@ -320,10 +320,12 @@ def bind_warning(host: str) -> str | None:
 async def running_web(
     service: SearchService, settings: Settings, *, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[str]:
-    """Serve the page on `host:port` (0: any free port) while inside; yields its base URL."""
+    """Serve the page on `host:port` (0: any free port) while inside; yields its base URL. On
+    exit it takes no new requests and gives those in flight `[ops] shutdown_grace_seconds`."""
     if warning := bind_warning(host):
         log.warning("%s", warning)
-    runner = web.AppRunner(create_app(service, settings, host=host), access_log=None)
+    runner = web.AppRunner(create_app(service, settings, host=host), access_log=None,
+                           shutdown_timeout=settings.ops.shutdown_grace_seconds)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
