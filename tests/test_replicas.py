@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 from core.config import Secrets, Settings
+from core.errors import StoreError
 from core.store.base import Record
 from core.store.deeplake_store import DeepLakeStore
 from ingest.runner import run_ingest
@@ -100,7 +101,17 @@ async def test_a_refresh_waiting_on_s3_does_not_hold_up_reads(s3_server):
         hits = reader.search(records(5, 3)[2].embedding, 1)
         assert hits[0].id == "r7" and await asyncio.to_thread(reader.image_bytes, hits[0].row) == make_picture(7)
         assert await asyncio.to_thread(reader.refresh) is False  # nothing new
-        reader.close()
+        # Closing (a replica stopping) does not wait for a refresh stuck on S3 either.
+        await asyncio.to_thread(writer.append, records(8, 2))
+        tap.stall("/_deeplake_log/")
+        refreshing = asyncio.create_task(asyncio.to_thread(reader.refresh))
+        try:
+            await until(lambda: tap.stalled > 0, "the second refresh to ask S3")
+            await asyncio.wait_for(asyncio.to_thread(reader.close), 10)
+        finally:
+            tap.release()
+        with pytest.raises(StoreError, match="closed"):
+            await asyncio.wait_for(refreshing, WAIT_S)
         writer.close()
     assert tap.methods() <= READS
     assert "PUT" in writer_tap.methods()  # a tap sees writes: the reader made none
@@ -303,3 +314,24 @@ async def test_two_replicas_answer_throughout_an_ingest_and_never_write(s3_serve
     for replica in replicas:
         assert replica.tap.requests and replica.tap.methods() <= READS, (replica.name, replica.tap.methods())
     assert [process.returncode for process in ends] == [0, 0]
+
+
+def test_storage_gone_searches_answer_from_memory_and_reads_say_what_failed(tmp_path):
+    """What a replica does when its dataset's storage fails (S3 down, here the files gone):
+    searches answer from the rows in memory; reading an image or a stored embedding raises a
+    StoreError naming the row (the web page answers it 503), not DeepLake's own exception."""
+    path = str(tmp_path / "collection")
+    writer = DeepLakeStore.create(path, model_name="tiny", dim=8)
+    writer.append(records(0, 5))
+    writer.close()
+    reader = DeepLakeStore.open(path)
+    for data in Path(path).rglob("*"):
+        if data.is_file() and "_deeplake_log" not in data.parts:
+            data.unlink()
+    hits = reader.search(records(0, 5)[3].embedding, 1)
+    assert hits[0].id == "r3"
+    with pytest.raises(StoreError, match="cannot read the image at row 3 of dataset"):
+        reader.image_bytes(hits[0])
+    with pytest.raises(StoreError, match="cannot read the embedding of 'r3'"):
+        reader.embedding("r3")
+    reader.close()

@@ -664,7 +664,7 @@ class DeepLakeStore:
 
     def close(self) -> None:
         # Not behind a refresh waiting on S3: that one finds the store closed when it is done.
-        with self._refreshing, self._lock.write():
+        with self._lock.write():
             self._ds = self._spare = None
             self._state = None
 
