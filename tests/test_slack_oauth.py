@@ -180,3 +180,24 @@ async def test_a_workspace_without_an_installation_is_told_so_and_nothing_is_cal
         assert await app.command(TEAM_A, "a red circle") == 200  # the installed one still works
         (posted,) = await app.fake.wait_for_calls("chat.postMessage")
         assert posted.token == token_a
+
+
+async def test_a_workspace_that_uninstalls_the_app_has_its_installation_deleted(raw, tmp_path):
+    """`app_uninstalled` (a bot event to subscribe to, docs/slack.md): the workspace's tokens
+    leave the SQLite file; its next request is told to install again, the other's still works."""
+    async with oauth_app(raw, tmp_path) as app:
+        await app.install(TEAM_A)
+        token_b = await app.install(TEAM_B)
+        uninstalled = event_payload({"type": "app_uninstalled", "event_ts": "1700000000.000200"},
+                                    event_id="Ev0UNINST01", team=TEAM_A)
+        assert (await app.post(json.dumps(uninstalled), "application/json")).status == 200
+        await app.bot.drain()
+        store = SQLite3InstallationStore(database=str(app.installations), client_id=CLIENT_ID)
+        assert store.find_installation(enterprise_id=None, team_id=TEAM_A) is None
+        assert store.find_installation(enterprise_id=None, team_id=TEAM_B) is not None
+        assert await app.command(TEAM_A, "a red circle") == 200
+        await app.fake.wait_for(lambda: bool(app.fake.responses))
+        assert [r["text"] for r in app.fake.responses] == [NOT_INSTALLED]
+        assert await app.command(TEAM_B, "a red circle") == 200
+        (posted,) = await app.fake.wait_for_calls("chat.postMessage")
+        assert posted.token == token_b
