@@ -18,7 +18,13 @@ import aiohttp
 import pytest
 
 from bot.common.reply import MoreLikeThis, decode_action
-from bot.slack.app import EVENTS_PATH, SlackBot, running_slack_bot, serve_slack
+from bot.slack.app import (
+    EVENTS_PATH,
+    TOKEN_REFUSED,
+    SlackBot,
+    running_slack_bot,
+    serve_slack,
+)
 from bot.slack.startup import CLIENT_WITHOUT_OAUTH, OAUTH_NEEDS_HTTP, check_secrets
 from core.config import Secrets, Settings
 from core.errors import ConfigError
@@ -223,3 +229,18 @@ async def test_the_listener_answers_from_the_first_second_and_says_starting_up_w
             gate.set()
             stop.set()
             await asyncio.wait_for(task, WAIT_S)
+
+
+async def test_a_token_revoked_after_the_start_is_answered_with_words_not_a_500(raw):
+    async with FakeSlack(bot_token=BOT_TOKEN) as fake, \
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as http:
+        async with running_slack_bot(None, settings_for(raw, fake), SECRETS, socket_mode=False) as bot:
+            fake.revoke(BOT_TOKEN)
+            body = command_body("a red circle", user=USER, channel=CHANNEL, response_url=fake.response_url("r"))
+            headers = {"Content-Type": FORM, **signed_headers(SIGNING_SECRET, body)}
+            async with http.post(f"http://127.0.0.1:{bot.address[1]}{EVENTS_PATH}", data=body.encode(),
+                                 headers=headers) as response:
+                assert response.status == 200
+                assert await response.text() == TOKEN_REFUSED  # Slack shows it to the user
+            await bot.drain()
+        assert not fake.calls_to("chat.postMessage")

@@ -102,6 +102,10 @@ USAGE = (
 Tell = Callable[[str], Awaitable[Any]]  # sends a message only the user sees
 
 
+# Told when Slack refuses the one bot token while the bot runs (revoked, the app removed).
+TOKEN_REFUSED = "Search All cannot use its Slack token any more (revoked, or the app was removed): tell whoever runs the bot."
+
+
 class StartingUpError(SearchAllError):
     def __init__(self) -> None:
         super().__init__("Search All is starting up (loading the collection and the model): try again in a minute")
@@ -166,7 +170,7 @@ class SlackBot:
             request_verification_enabled=not socket_mode,
             process_before_response=True,
             oauth_settings=oauth_settings(settings.slack, secrets) if oauth else None,
-            user_facing_authorize_error_message=NOT_INSTALLED,
+            user_facing_authorize_error_message=NOT_INSTALLED if oauth else TOKEN_REFUSED,
             logger=log,
         )
         self.files = SlackFileFetcher(
