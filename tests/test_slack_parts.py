@@ -12,6 +12,7 @@ from bot.common.reply import MoreLikeThis, NextPage, build_reply, decode_action
 from bot.slack.app import COMMAND, EVENTS_PATH
 from bot.slack.dedupe import RecentKeys
 from bot.slack.files import SlackFile
+from bot.slack.memory import COMMAND as MEMORY_COMMAND
 from bot.slack.render import (
     IN_THREAD,
     MAX_BLOCKS,
@@ -148,14 +149,21 @@ def test_recent_event_ids_are_remembered_for_the_ttl_and_bounded():
 def test_the_manifest_points_slack_at_the_bots_command_and_endpoint():
     yaml = pytest.importorskip("yaml")
     manifest = yaml.safe_load((Path(__file__).parents[1] / "docs" / "slack-manifest.yaml").read_text())
-    (command,) = manifest["features"]["slash_commands"]
+    command, memory_command = manifest["features"]["slash_commands"]
     settings = manifest["settings"]
-    assert command["command"] == COMMAND
+    assert (command["command"], memory_command["command"]) == (COMMAND, MEMORY_COMMAND)
     urls = [
         command["url"],
+        memory_command["url"],
         settings["event_subscriptions"]["request_url"],
         settings["interactivity"]["request_url"],
     ]
     assert all(url.endswith(EVENTS_PATH) for url in urls)
-    assert set(settings["event_subscriptions"]["bot_events"]) == {"app_mention", "message.im"}
+    # Channel memory's events (bot/slack/memory.py), and the history and membership scopes.
+    assert set(settings["event_subscriptions"]["bot_events"]) == {
+        "app_mention", "message.im", "message.channels", "message.groups", "file_deleted", "channel_deleted",
+        "group_deleted", "member_left_channel", "app_uninstalled", "tokens_revoked",
+    }
+    assert {"channels:history", "groups:history", "channels:read", "groups:read", "users:read", "files:read"} <= set(
+        manifest["oauth_config"]["scopes"]["bot"])
     assert manifest["features"]["app_home"]["messages_tab_read_only_enabled"] is False  # DMs allowed

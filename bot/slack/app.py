@@ -56,12 +56,12 @@ from bot.common.reply import (
     ReplyImage,
     build_reply,
     decode_action,
-    run_action,
     shorten,
 )
 from bot.ops import serve_ops, stop_on_signals
 from bot.slack.dedupe import RecentKeys
 from bot.slack.files import SlackFileFetcher
+from bot.slack.memory import SlackMemory, with_memory_scopes
 from bot.slack.oauth import INSTALL_PATH, NOT_INSTALLED, oauth_settings
 from bot.slack.render import (
     MAX_RESULTS,
@@ -96,6 +96,8 @@ USAGE = (
     "• `cat + cartoon - photo`: add and subtract ideas; `sunset + 0.5*watercolor` weighs one\n"
     '• `filter:watercolor`, `-filter:"low quality"`: only prompts with (without) these words\n'
     "• `limit:8`: how many results (at most {max})\n"
+    "• where channel memory is on (`/search-memory`): `source:memory`, `source:collection` or "
+    "`source:both`, and `in:channel` or `in:workspace`\n"
     "Mention me or send me a direct message with an image or an audio clip to search with it."
 )
 
@@ -169,7 +171,7 @@ class SlackBot:
             signing_secret=None if socket_mode else secrets.require("slack_signing_secret"),
             request_verification_enabled=not socket_mode,
             process_before_response=True,
-            oauth_settings=oauth_settings(settings.slack, secrets) if oauth else None,
+            oauth_settings=oauth_settings(with_memory_scopes(settings), secrets) if oauth else None,
             user_facing_authorize_error_message=NOT_INSTALLED if oauth else TOKEN_REFUSED,
             logger=log,
         )
@@ -188,6 +190,9 @@ class SlackBot:
         self.app.middleware(self._skip_replays)
         self.app.middleware(self._skip_repeated_events)
         self.app.command(COMMAND)(self.ack_command)
+        # Channel memory (bot/slack/memory.py): before the `message` listener, which gets DMs only.
+        self.memory = SlackMemory(self, session, spawn=self._spawn)
+        self.memory.register(self.app, oauth=bool(oauth))
         self.app.event("app_mention")(self.ack_mention)
         self.app.event("message")(self.ack_message)
         self.app.action(re.compile(r"^sa:"))(self.ack_button)
@@ -200,8 +205,10 @@ class SlackBot:
     # ------------------------------------------------------------------ the search service
 
     def attach(self, service: SearchService) -> None:
-        """The search service is ready: searches are answered from now on."""
+        """The search service is ready: searches are answered from now on (and interrupted
+        channel-memory backfills resumed)."""
         self._service = service
+        self.memory.resume_backfills()
 
     @property
     def service(self) -> SearchService:
@@ -369,7 +376,7 @@ class SlackBot:
         if text.lower() in ("", "help"):
             await self._safely(tell(USAGE.format(max=self.admission.limit(MAX_RESULTS))))
             return
-        await self._answer(conversation, tell, lambda: self._search_text(text))
+        await self._answer(conversation, tell, lambda: self._search_text(conversation, text))
 
     async def answer_message(self, event: Mapping[str, Any], client: AsyncWebClient) -> None:
         conversation = Conversation(
@@ -385,7 +392,7 @@ class SlackBot:
 
     async def answer_button(self, conversation: Conversation, action: Action) -> None:
         limit = self.admission.limit(None) if isinstance(action, MoreLikeThis) else None
-        await self._answer(conversation, self._ephemeral(conversation), lambda: run_action(self.service, action, limit))
+        await self._answer(conversation, self._ephemeral(conversation), lambda: self.memory.run_button(conversation, action, limit))
 
     # ------------------------------------------------------------------ work
 
@@ -420,15 +427,17 @@ class SlackBot:
 
         return tell
 
-    async def _search_text(self, text: str) -> SearchResult:
+    async def _search_text(self, conversation: Conversation, text: str) -> SearchResult:
+        text, scope = await self.memory.read_scope(conversation, text)
         text, asked = split_limit(text)
         size = self.admission.page_size(asked)
         query = build_query(text, [], limits=self.settings.limits, limit=size.value)
-        return size.told(await self.service.search(query))
+        return size.told(await self.service.search(query, scope))
 
     async def _search_message(self, conversation: Conversation, event: Mapping[str, Any]) -> SearchResult:
         service = self.service  # starting up: said before any file is downloaded
-        text, asked = split_limit(query_text(event.get("text") or ""))
+        text, scope = await self.memory.read_scope(conversation, query_text(event.get("text") or ""))
+        text, asked = split_limit(text)
         size = self.admission.page_size(asked)
         client = conversation.client
 
@@ -439,7 +448,7 @@ class SlackBot:
             event.get("files") or [], token=client.token or "", file_info=file_info
         )
         query = build_query(text, attachments, limits=self.settings.limits, limit=size.value)
-        return size.told(await service.search(query))
+        return size.told(await service.search(query, scope))
 
     async def _post_result(self, conversation: Conversation, result: SearchResult) -> None:
         reply = build_reply(result, caption_chars=self.settings.bot.caption_chars)

@@ -6,7 +6,8 @@
     section   the notice, when nothing is shown
     per result:
       image     when the result has an http(s) URL Slack can fetch
-      context   #1 · score 0.312 · +2 similar    and the prompt (plain text)
+      context   #1 · score 0.312 · +2 similar    and the prompt (plain text); for a channel-memory
+                image: posted by @who in #channel, date · original message (its permalink)
       actions   [More like #1]                   action_id = value = "sa:more:<row>:<rank>"
     actions   [Next page]                        action_id = value = "sa:page:<key>:<offset>"
 
@@ -21,10 +22,12 @@ A message holds at most 50 blocks: with three per result, `MAX_RESULTS` results 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from bot.common.reply import Reply, ReplyImage, is_web_url, shorten
 from bot.slack.text import escape
+from core.memory.model import MemoryMeta
 
 MAX_RESULTS = 15
 MAX_BLOCKS = 50
@@ -49,6 +52,14 @@ def upload_title(image: ReplyImage) -> str:
 
 def upload_filename(image: ReplyImage) -> str:
     return f"result-{image.rank:02d}.jpg"
+
+
+def origin(meta: MemoryMeta) -> str:
+    """Where a channel-memory image was posted: who, where, when (in the reader's time zone),
+    and the link back to the message."""
+    day = time.strftime("%Y-%m-%d", time.gmtime(meta.posted_at))
+    when = f"<!date^{int(meta.posted_at)}^{{date_short_pretty}}|{day}>"
+    return f"posted by <@{meta.author}> in <#{meta.channel}>, {when} · <{meta.link}|original message>"
 
 
 def _button(text: str, action: str, *, primary: bool = False) -> Block:
@@ -81,6 +92,8 @@ def _result_blocks(image: ReplyImage) -> list[Block]:
     elements: list[Block] = [{"type": "mrkdwn", "text": " · ".join(facts)}]
     if image.caption:
         elements.append({"type": "plain_text", "text": image.caption, "emoji": False})
+    if image.item.memory is not None:
+        elements.append({"type": "mrkdwn", "text": origin(image.item.memory)})
     blocks.append({"type": "context", "elements": elements})
     blocks.append({"type": "actions", "elements": [_button(f"More like #{image.rank}", image.more.encode())]})
     return blocks

@@ -9,6 +9,7 @@ and the reply says so, `bot.common.handle.PageSize`).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from core.errors import QuerySyntaxError
 
@@ -48,3 +49,19 @@ def split_limit(text: str) -> tuple[str, int | None]:
     # More digits than int() takes (or any message shows): the largest, clamped by the caller.
     limit = int(digits) if len(digits) <= MAX_LIMIT_DIGITS else 10**MAX_LIMIT_DIGITS
     return _LIMIT.sub(" ", text).strip(), limit
+
+
+def split_choice(text: str, name: str, choices: Sequence[str]) -> tuple[str, str | None]:
+    """`text` without its `name:value` (e.g. `source:memory`), and the value, one of `choices`
+    (None when not given). Given twice, or with another value: a QuerySyntaxError naming them."""
+    pattern = re.compile(rf"(?:(?<=\s)|^){re.escape(name)}:(\S*)", re.IGNORECASE)
+    found = pattern.findall(text)
+    if not found:
+        return text, None
+    options = " or ".join(f"{name}:{c}" for c in choices)
+    if len(found) > 1:
+        raise QuerySyntaxError(f"give {name}: once, like {options}")
+    value = found[0].lower()
+    if value not in choices:
+        raise QuerySyntaxError(f"{name}:{found[0][:20]} is not understood: write {options}")
+    return pattern.sub(" ", text).strip(), value
