@@ -50,6 +50,7 @@ from tests.fakes.slack_directory import (
     channel_deleted,
     channel_message,
     file_deleted,
+    member_left_channel,
     memory_command_body,
     message_changed,
     message_deleted,
@@ -368,6 +369,13 @@ async def test_a_private_channels_images_are_found_by_its_members_only_and_only_
                 assert private_id not in remembered(call)
         (told,) = [c for c in h.fake.calls_to("chat.postEphemeral") if c.params["user"] == OUTSIDER]
         assert "no longer remembered (or not in a channel you can read)" in told.params["text"]
+        # Memberships are cached ([memory] access_cache_seconds) until Slack says someone left.
+        h.directory.channels[DESIGN].members.discard(USER)
+        posted = await h.search("anything source:memory in:workspace", user=USER, channel=GENERAL)
+        assert ids_of(in_design)[0] in remembered(posted)  # cached a minute
+        await h.event(member_left_channel(USER, DESIGN))
+        posted = await h.search("anything source:memory in:workspace", user=USER, channel=GENERAL)
+        assert remembered(posted) == ids_of(in_general)
         # A DM with the bot searches the shared collection only.
         posted = await h.search("anything", user=USER, channel=DM)
         assert remembered(posted) == [] and posted.params["channel"] == DM
