@@ -9,14 +9,18 @@ it writes a DeepLake dataset through `DeepLakeStore`, then times k-nearest searc
 
 - numpy exact: unit matrix @ q, argpartition (the floor: what any exact search costs),
 - store exact: `DeepLakeStore.search` in exact mode, unfiltered and filtered,
+- store index: `DeepLakeStore.search` in index mode, on the approximate index the store keeps
+  beside the dataset (`core.store.ann`: IVF of 8-bit codes, exact re-rank from the float32
+  vectors memory-mapped), unfiltered and filtered; its build time and the recall it measured
+  on itself when built,
 - TQL scan: DeepLake's `ORDER BY COSINE_SIMILARITY ... LIMIT k` without an index,
-- store index: `DeepLakeStore.search` in index mode (TQL over-fetch, exact re-rank),
-- the same two after forcing DeepLake's vector index to be built (build time reported).
+- DeepLake's own vector index, forced to be built (build time reported), up to
+  `--max-deeplake-index-rows`.
 
 Memory (Linux), each in a fresh child process so that nothing this one allocated and freed
 is counted: what opening the store and its first search add to the child's resident memory
-(the exact table), the peak it adds while building the index (VmHWM), and what opening the
-indexed dataset and its first TQL query add.
+(the exact table; the index's table without vectors and its mapped pages), the peak a build
+adds (VmHWM), and what opening DeepLake's indexed dataset and its first TQL query add.
 
 Filters: "1/1000" keeps one row in a thousand (a word no other row contains), "1/2" half of
 them; "cold" is the first search with a word (its mask is computed), "warm" a repeat.
@@ -28,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,11 +46,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import deeplake  # noqa: E402
+import deeplake
 
-from benchmarks.host import cpu_name, proc_status  # noqa: E402
-from core.store.base import Record  # noqa: E402
-from core.store.deeplake_store import DeepLakeStore  # noqa: E402
+from benchmarks.host import cpu_name, proc_status
+from core.store.base import Record
+from core.store.deeplake_store import DeepLakeStore
 
 
 @dataclass
@@ -77,8 +82,19 @@ def memory_child(path: str, what: str, query: list[float], k: int) -> dict[str, 
     if what == "index-query":
         tql_rows(deeplake.open_read_only(path), q, k)
         return {"index_query_mib": proc_status()["VmRSS"] - before}
-    writer = DeepLakeStore.open(path, read_only=False)
-    build_s = writer.build_index()
+    if what == "ann":
+        store = DeepLakeStore.open(path, mode="index")
+        store.search(q, k)
+        store.search(q, k, include=["red"])
+        return {"ann_mib": proc_status()["VmRSS"] - before}
+    writer = DeepLakeStore.open(path, read_only=False, mode="index")
+    if what == "ann-build":
+        build_s = writer.build_index()
+        meta = json.loads(Path(path + ".index", "meta.json").read_text())
+        return {"build_s": build_s, "build_peak_mib": proc_status()["VmHWM"] - before,
+                "nprobe": meta["nprobe"], "nlist": meta["nlist"], "self_recall": meta["recall"],
+                "fit": meta["fit"]}
+    build_s = writer.build_deeplake_index()
     return {"build_s": build_s, "build_peak_mib": proc_status()["VmHWM"] - before}
 
 
@@ -181,25 +197,32 @@ def filtered(s: DeepLakeStore, queries: np.ndarray, words: Sequence[str], k: int
     ]
 
 
-def bench_exact(path: str, data: np.ndarray, queries: np.ndarray, k: int, add: Callable[..., None],
-                write_s: float) -> Truths:
-    """numpy and the store's exact search (unfiltered, filtered); the exact answers."""
-    n, dim = data.shape
-    start = time.perf_counter()
-    store = DeepLakeStore.open(path, mode="exact")
-    load_s = time.perf_counter() - start
-    unit = data / np.linalg.norm(data, axis=1, keepdims=True)
+def bench_numpy(data: np.ndarray, queries: np.ndarray, k: int, add: Callable[..., None], write_s: float) -> Truths:
+    """numpy's exact search; the exact answers. Scales `data` to unit rows in place."""
+    n = len(data)
+    unit = data
+    unit /= np.linalg.norm(data, axis=1, keepdims=True)  # in place: 4 GB fewer at 1M rows
     truths = Truths(
         all=[exact_top(unit, q, k) for q in queries],
         rare=[exact_top(unit, q, k, np.arange(j, n, 1000)) for j, q in enumerate(queries)],
         red=[exact_top(unit, q, k, np.arange(1, n, 2)) for q in queries],
     )
     ms, got = timed([lambda q=q: exact_top(unit, q, k) for q in queries])
-    add("numpy exact", ms, recall(got, truths.all), f"write {write_s:.1f} s, store load {load_s:.1f} s")
-    ms, got = timed([lambda q=q: [int(h.id) for h in store.search(q, k)] for q in queries])
+    add("numpy exact", ms, recall(got, truths.all), f"write {write_s:.1f} s")
+    return truths
+
+
+def bench_exact(path: str, shape: tuple[int, int], queries: np.ndarray, truths: Truths, k: int,
+                add: Callable[..., None]) -> None:
+    """The store's exact search (unfiltered, filtered)."""
+    n, dim = shape
     table = measure_in_child(path, "table", queries[0], k)
+    start = time.perf_counter()
+    store = DeepLakeStore.open(path, mode="exact")
+    load_s = time.perf_counter() - start
+    ms, got = timed([lambda q=q: [int(h.id) for h in store.search(q, k)] for q in queries])
     add("store exact", ms, recall(got, truths.all),
-        f"resident +{table['table_mib']:.0f} MiB (the vectors: {n * dim * 4 / 2**20:.0f} MiB)")
+        f"resident +{table['table_mib']:.0f} MiB (the vectors: {n * dim * 4 / 2**20:.0f} MiB); load {load_s:.1f} s")
     rare = rare_words(queries)
     ms, got = timed(filtered(store, queries, rare, k))
     add("store exact, filter 1/1000, cold", ms, recall(got, truths.rare))
@@ -209,7 +232,30 @@ def bench_exact(path: str, data: np.ndarray, queries: np.ndarray, k: int, add: C
     ms, got = timed(filtered(store, queries, ["red"] * len(queries), k))
     add("store exact, filter 1/2, warm", ms, recall(got, truths.red))
     store.close()
-    return truths
+
+
+def bench_ann(path: str, queries: np.ndarray, truths: Truths, k: int, add: Callable[..., None]) -> None:
+    """The store's approximate index: built in a child (time, peak), searched here."""
+    built = measure_in_child(path, "ann-build", queries[0], k)
+    resident = measure_in_child(path, "ann", queries[0], k)
+    store = DeepLakeStore.open(path, mode="index")
+    first = time.perf_counter()
+    store.search(queries[0], k)
+    first_ms = (time.perf_counter() - first) * 1000
+    ms, got = timed([lambda q=q: [int(h.id) for h in store.search(q, k)] for q in queries])
+    add("store index", ms, recall(got, truths.all),
+        f"build {built['build_s']:.1f} s (peak +{built['build_peak_mib']:.0f} MiB);"
+        f" {built['nlist']} lists, nprobe {built['nprobe']}, self-check recall"
+        f" {built['self_recall']:.2f}{'' if built['fit'] else ' (unfit: auto stays exact)'};"
+        f" resident +{resident['ann_mib']:.0f} MiB; first query {first_ms:.0f} ms")
+    ms, got = timed(filtered(store, queries, rare_words(queries), k))
+    add("store index, filter 1/1000, cold", ms, recall(got, truths.rare), "exact over the rows that pass")
+    ms, got = timed(filtered(store, queries, rare_words(queries), k))
+    add("store index, filter 1/1000, warm", ms, recall(got, truths.rare))
+    store.search(queries[0], k, include=["red"])
+    ms, got = timed(filtered(store, queries, ["red"] * len(queries), k))
+    add("store index, filter 1/2, warm", ms, recall(got, truths.red), "filter during the scan")
+    store.close()
 
 
 def bench_deeplake(path: str, n: int, queries: np.ndarray, truths: Truths, args: argparse.Namespace,
@@ -220,14 +266,9 @@ def bench_deeplake(path: str, n: int, queries: np.ndarray, truths: Truths, args:
         raw = deeplake.open_read_only(path)
         ms, got = timed([lambda q=q: tql_rows(raw, q, k) for q in queries])
         add("TQL scan (no index)", ms, recall(got, truths.all))
-        via = DeepLakeStore.open(path, mode="index")
-        ms, got = timed([lambda q=q: [int(h.id) for h in via.search(q, k)] for q in queries])
-        add("store index mode, no index", ms, recall(got, truths.all), "TQL scan + exact re-rank")
-        ms, got = timed(filtered(via, queries, rare_words(queries), k))
-        add("store index mode, filter 1/1000", ms, recall(got, truths.rare), "TQL WHERE ILIKE")
-    if args.no_index:
+    if args.no_index or n > args.max_deeplake_index_rows:
         return
-    built = measure_in_child(path, "index", queries[0], k)  # the child builds and commits it
+    built = measure_in_child(path, "deeplake-index", queries[0], k)  # the child builds and commits it
     built |= measure_in_child(path, "index-query", queries[0], k)
     raw = deeplake.open_read_only(path)
     first = time.perf_counter()
@@ -241,10 +282,6 @@ def bench_deeplake(path: str, n: int, queries: np.ndarray, truths: Truths, args:
         f"build {built['build_s']:.1f} s (peak +{built['build_peak_mib']:.0f} MiB), first query"
         f" {first_ms:.0f} ms (resident +{built['index_query_mib']:.0f} MiB)",
     )
-    for candidates in (400, 100):
-        via = DeepLakeStore.open(path, mode="index", index_candidates=candidates)
-        ms, got = timed([lambda q=q: [int(h.id) for h in via.search(q, k)] for q in queries])
-        add("store index mode, with index", ms, recall(got, truths.all), f"{candidates} candidates re-ranked")
 
 
 def bench_one(n: int, kind: str, args: argparse.Namespace, workdir: Path) -> list[Row]:
@@ -256,8 +293,11 @@ def bench_one(n: int, kind: str, args: argparse.Namespace, workdir: Path) -> lis
     path = str(workdir / f"{kind}-{n}")
     data, queries = make_data(n, args.dim, kind, args.queries, seed=n)
     write_s = write_dataset(path, data, texts_for(n))
-    truths = bench_exact(path, data, queries, args.k, add, write_s)
-    del data  # GBs at 1M rows: not held while DeepLake builds its index
+    truths = bench_numpy(data, queries, args.k, add, write_s)
+    shape = data.shape
+    del data  # GBs at 1M rows: not held while the store loads its table or builds an index
+    bench_exact(path, shape, queries, truths, args.k, add)
+    bench_ann(path, queries, truths, args.k, add)
     bench_deeplake(path, n, queries, truths, args, add)
     return out
 
@@ -282,6 +322,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, default=9, help="queries per method (median)")
     parser.add_argument("--no-index", action="store_true", help="skip building DeepLake's index")
     parser.add_argument(
+        "--max-deeplake-index-rows", type=int, default=2_000_000,
+        help="skip building DeepLake's index above this size (14 minutes at 1M rows)",
+    )
+    parser.add_argument(
         "--max-scan-rows", type=int, default=200_000, help="skip TQL scans above this size"
     )
     parser.add_argument("--workdir", type=Path, default=None, help="where datasets are written")
@@ -301,9 +345,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for n in sizes:
             for kind in kinds:
-                rows += bench_one(n, kind, args, Path(tmp))
+                done = bench_one(n, kind, args, Path(tmp))
+                rows += done
                 elapsed = time.perf_counter() - started
                 print(f"  done {kind} {n:,} rows ({elapsed:.0f} s)", flush=True)
+                for r in done:  # as they come: a long run that is stopped keeps its figures
+                    print(f"    {r.method}: {r.ms:.2f} ms, recall {r.recall:.2f}; {r.note}", flush=True)
+                shutil.rmtree(Path(tmp) / f"{kind}-{n}", ignore_errors=True)
+                shutil.rmtree(Path(tmp) / f"{kind}-{n}.index", ignore_errors=True)
     numpy_ms = {(r.rows, r.data): r.ms for r in rows if r.method == "numpy exact"}
     print()
     print_table(rows, numpy_ms, args.k)
