@@ -41,18 +41,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.host import cpu_name, load_average  # noqa: E402
-from core.config import MediaLimits, MemorySettings, ModelSettings, SearchSettings  # noqa: E402
-from core.encoder import Encoder  # noqa: E402
-from core.memory.channels import ChannelRegistry  # noqa: E402
-from core.memory.memory import ChannelMemory  # noqa: E402
-from core.memory.model import PostedImage, Tenant  # noqa: E402
-from core.memory.store import MemoryRecord, MemoryStore  # noqa: E402
-from core.query import Query, Term  # noqa: E402
-from core.service import SearchService  # noqa: E402
-from core.store.base import Record  # noqa: E402
-from core.store.deeplake_store import DeepLakeStore  # noqa: E402
-from core.worker import EncoderWorker  # noqa: E402
+from benchmarks.host import cpu_name, load_average
+from core.config import MediaLimits, MemorySettings, ModelSettings, SearchSettings
+from core.encoder import Encoder
+from core.memory.channels import ChannelRegistry
+from core.memory.memory import ChannelMemory
+from core.memory.model import PostedImage, Tenant
+from core.memory.store import MemoryRecord, MemoryStore
+from core.query import Query, Term
+from core.service import SearchService
+from core.store.base import Record
+from core.store.deeplake_store import DeepLakeStore
+from core.worker import EncoderWorker
 
 CHANNELS = 5
 BATCH = 50_000
@@ -124,7 +124,7 @@ def run_layout(args: argparse.Namespace, root: Path) -> list[tuple[str, str, str
         store.close()
 
         cold = MemoryStore(path, model_name="bench", dim=args.dim, max_open=args.tenants + 2)
-        cold_ms = timed(lambda: cold.search(tenant_of(0), queries[0], 10, channels=channels_of(0)))
+        cold_ms = timed(lambda c=cold: c.search(tenant_of(0), queries[0], 10, channels=channels_of(0)))
 
         def p50(t: int, store: MemoryStore = cold) -> float:
             store.search(tenant_of(t), queries[0], 10, channels=channels_of(t))  # warm
@@ -133,11 +133,11 @@ def run_layout(args: argparse.Namespace, root: Path) -> list[tuple[str, str, str
             )
 
         small_ms, big_ms = p50(1), p50(args.tenants)
-        delete_ms = timed(lambda: cold.delete(tenant_of(2), message="2-7"))
+        delete_ms = timed(lambda c=cold: c.delete(tenant_of(2), message="2-7"))
         if shared:
-            erase_ms = timed(lambda: [cold.delete(tenant_of(3), channel=c) for c in channels_of(3)])
+            erase_ms = timed(lambda s=cold: [s.delete(tenant_of(3), channel=c) for c in channels_of(3)])
         else:
-            erase_ms = timed(lambda: cold.drop(tenant_of(3)))
+            erase_ms = timed(lambda c=cold: c.drop(tenant_of(3)))
         disk = folder_mb(path)
         cold.close()
         results[layout] = {

@@ -161,6 +161,7 @@ class EncoderWorker:
                     stopped = True
                     break
                 batch, stopping = self._gather(first)
+                self._last_interactive = time.monotonic()  # before the answers: callers may look
                 try:
                     for modality in dict.fromkeys(job.modality for job in batch):
                         self._process([job for job in batch if job.modality == modality])

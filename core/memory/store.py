@@ -61,26 +61,57 @@ class MemoryRecord:
     height: int
 
 
+_COLUMN_LISTS = ("ids", "lowered", "texts", "messages", "items", "authors", "links")
+
+
+def _grown(buf: np.ndarray, used: int, extra: np.ndarray) -> np.ndarray:
+    """`buf` with `extra` written after its first `used` rows, reallocated (x1.5) when full;
+    rows before `used` are never written, so snapshots holding views of them stay valid."""
+    need = used + len(extra)
+    if need > len(buf):
+        bigger = np.empty((max(need, len(buf) * 3 // 2 + 16), *buf.shape[1:]), dtype=buf.dtype)
+        bigger[:used] = buf[:used]
+        buf = bigger
+    buf[used:need] = extra
+    return buf
+
+
 @dataclass(frozen=True, eq=False)
 class _Snapshot:
-    """A tenant's rows as last committed; never changed once made (a write makes a new one)."""
+    """A tenant's rows [0, n) as last committed. Readers see exactly those rows: appending grows
+    the buffers and lists in place beyond `n` (a new snapshot with a larger `n`, so adding one
+    image to a big tenant costs the image, not the tenant); deleting builds fresh copies."""
 
-    unit: np.ndarray  # [n, dim] unit rows
-    ids: list[str]
-    codes: np.ndarray  # [n] int32: index into `channels`
-    channels: list[str]
+    n: int
+    unit_buf: np.ndarray  # [>= n, dim] unit rows
+    codes_buf: np.ndarray  # [>= n] int32: index into `channels`
+    posted_buf: np.ndarray  # [>= n] float64
+    sizes_buf: np.ndarray  # [>= n, 2] int32
+    channels: list[str]  # grows in place (codes only ever point below its length at `n`)
+    ids: list[str]  # these lists may hold rows past n (a later snapshot's)
     lowered: list[str]
     texts: list[str]
     messages: list[str]
     items: list[str]
     authors: list[str]
-    posted: np.ndarray  # [n] float64
     links: list[str]
-    sizes: np.ndarray  # [n, 2] int32
+    row_of: dict[str, int]  # id -> row; rows >= n belong to a later snapshot
 
     @property
-    def n(self) -> int:
-        return len(self.ids)
+    def unit(self) -> np.ndarray:
+        return self.unit_buf[: self.n]
+
+    @property
+    def codes(self) -> np.ndarray:
+        return self.codes_buf[: self.n]
+
+    @property
+    def posted(self) -> np.ndarray:
+        return self.posted_buf[: self.n]
+
+    def row(self, id: str) -> int | None:
+        row = self.row_of.get(id)
+        return row if row is not None and row < self.n else None
 
     def rows_where(self, *, channel: str | None, message: str | None, author: str | None,
                    items: Collection[str] | None) -> list[int]:
@@ -88,8 +119,9 @@ class _Snapshot:
         if channel is not None and code is None:
             return []
         out = []
+        codes = self.codes
         for row in range(self.n):
-            if code is not None and self.codes[row] != code:
+            if code is not None and codes[row] != code:
                 continue
             if message is not None and self.messages[row] != message:
                 continue
@@ -104,45 +136,54 @@ class _Snapshot:
         keep = np.ones(self.n, dtype=bool)
         keep[list(rows)] = False
         idx = np.flatnonzero(keep)
-
-        def pick(values: list[Any]) -> list[Any]:
-            return [values[i] for i in idx]
-
+        lists = {name: [getattr(self, name)[i] for i in idx] for name in _COLUMN_LISTS}
         return _Snapshot(
-            unit=self.unit[idx], ids=pick(self.ids), codes=self.codes[idx], channels=self.channels,
-            lowered=pick(self.lowered), texts=pick(self.texts), messages=pick(self.messages),
-            items=pick(self.items), authors=pick(self.authors), posted=self.posted[idx],
-            links=pick(self.links), sizes=self.sizes[idx],
+            n=len(idx), unit_buf=self.unit[idx], codes_buf=self.codes[idx], posted_buf=self.posted[idx],
+            sizes_buf=self.sizes_buf[: self.n][idx], channels=list(self.channels),
+            row_of={id_: row for row, id_ in enumerate(lists["ids"])}, **lists,
         )
 
     def plus(self, records: Sequence[MemoryRecord], unit: np.ndarray) -> _Snapshot:
-        channels = list(self.channels)
+        """This snapshot followed by `records` (made one at a time: the caller holds the write lock)."""
+        channels = self.channels
         for rec in records:
             if rec.channel not in channels:
                 channels.append(rec.channel)
-        codes = np.array([channels.index(r.channel) for r in records], dtype=np.int32)
+        code_of = {c: i for i, c in enumerate(channels)}
+        n, m = self.n, len(records)
+        values = {
+            "ids": [r.id for r in records], "lowered": [r.text.lower() for r in records],
+            "texts": [r.text for r in records], "messages": [r.message for r in records],
+            "items": [r.item for r in records], "authors": [r.author for r in records],
+            "links": [r.link for r in records],
+        }
+        for name, new in values.items():
+            column = getattr(self, name)
+            del column[n:]  # rows a dropped later snapshot wrote (a failed commit)
+            column.extend(new)
+        for row, id_ in enumerate(values["ids"], n):
+            self.row_of[id_] = row
         return _Snapshot(
-            unit=np.concatenate([self.unit, unit]), ids=self.ids + [r.id for r in records],
-            codes=np.concatenate([self.codes, codes]), channels=channels,
-            lowered=self.lowered + [r.text.lower() for r in records], texts=self.texts + [r.text for r in records],
-            messages=self.messages + [r.message for r in records], items=self.items + [r.item for r in records],
-            authors=self.authors + [r.author for r in records],
-            posted=np.concatenate([self.posted, np.array([r.posted_at for r in records], dtype=np.float64)]),
-            links=self.links + [r.link for r in records],
-            sizes=np.concatenate([self.sizes, np.array([[r.width, r.height] for r in records],
-                                                       dtype=np.int32).reshape(-1, 2)]),
+            n=n + m,
+            unit_buf=_grown(self.unit_buf, n, unit),
+            codes_buf=_grown(self.codes_buf, n, np.array([code_of[r.channel] for r in records], np.int32)),
+            posted_buf=_grown(self.posted_buf, n, np.array([r.posted_at for r in records], np.float64)),
+            sizes_buf=_grown(self.sizes_buf, n, np.array([[r.width, r.height] for r in records],
+                                                         np.int32).reshape(-1, 2)),
+            channels=channels, row_of=self.row_of,
+            **{name: getattr(self, name) for name in _COLUMN_LISTS},
         )
 
     def meta(self, tenant: Tenant, row: int) -> MemoryMeta:
-        return MemoryMeta(tenant=tenant, channel=self.channels[int(self.codes[row])], message=self.messages[row],
-                          item=self.items[row], author=self.authors[row], posted_at=float(self.posted[row]),
+        return MemoryMeta(tenant=tenant, channel=self.channels[int(self.codes_buf[row])], message=self.messages[row],
+                          item=self.items[row], author=self.authors[row], posted_at=float(self.posted_buf[row]),
                           link=self.links[row])
 
 
 def _empty_snapshot(dim: int) -> _Snapshot:
-    return _Snapshot(unit=np.empty((0, dim), np.float32), ids=[], codes=np.empty(0, np.int32), channels=[],
-                     lowered=[], texts=[], messages=[], items=[], authors=[], posted=np.empty(0, np.float64),
-                     links=[], sizes=np.empty((0, 2), np.int32))
+    return _Snapshot(n=0, unit_buf=np.empty((0, dim), np.float32), codes_buf=np.empty(0, np.int32),
+                     posted_buf=np.empty(0, np.float64), sizes_buf=np.empty((0, 2), np.int32), channels=[],
+                     row_of={}, **{name: [] for name in _COLUMN_LISTS})
 
 
 def _text(value: object) -> str:
@@ -171,11 +212,12 @@ class _TenantData:
         sizes[:, 0] = ds["width"][:n]
         sizes[:, 1] = ds["height"][:n]
         return _Snapshot(
-            unit=unit_rows(np.asarray(ds["embedding"][:n])), ids=cols["id"],
-            codes=np.array([code_of[c] for c in cols["channel"]], np.int32), channels=channels,
-            lowered=[t.lower() for t in cols["text"]], texts=cols["text"], messages=cols["message"],
-            items=cols["item"], authors=cols["author"], posted=np.asarray(ds["posted"][:n], np.float64),
-            links=cols["link"], sizes=sizes,
+            n=n, unit_buf=unit_rows(np.asarray(ds["embedding"][:n])),
+            codes_buf=np.array([code_of[c] for c in cols["channel"]], np.int32),
+            posted_buf=np.asarray(ds["posted"][:n], np.float64), sizes_buf=sizes, channels=channels,
+            ids=cols["id"], lowered=[t.lower() for t in cols["text"]], texts=cols["text"], messages=cols["message"],
+            items=cols["item"], authors=cols["author"], links=cols["link"],
+            row_of={id_: row for row, id_ in enumerate(cols["id"])},
         )
 
 
@@ -260,7 +302,8 @@ class MemoryStore:
             mask &= np.isin(snap.codes, codes)
         inc, exc = normalise_words(include), normalise_words(exclude)
         if inc or exc:
-            mask &= np.fromiter((text_passes(t, inc, exc) for t in snap.lowered), bool, count=snap.n)
+            lowered = snap.lowered
+            mask &= np.fromiter((text_passes(lowered[i], inc, exc) for i in range(snap.n)), bool, count=snap.n)
         rows = np.flatnonzero(mask)
         # Gathering rows costs about as much as multiplying them: gather only when few pass.
         scores = snap.unit[rows] @ q if len(rows) * 2 < snap.n else (snap.unit @ q)[rows]
@@ -269,7 +312,7 @@ class MemoryStore:
         hits = [
             MemoryHit(
                 id=snap.ids[row], score=float(scores[i]), text=snap.texts[row], source=f"memory:{tenant.key}",
-                s3_key="", width=int(snap.sizes[row, 0]), height=int(snap.sizes[row, 1]), row=-1,
+                s3_key="", width=int(snap.sizes_buf[row, 0]), height=int(snap.sizes_buf[row, 1]), row=-1,
                 meta=snap.meta(tenant, row),
             )
             for row, i in zip(picked.tolist(), top.tolist(), strict=True)
@@ -279,9 +322,9 @@ class MemoryStore:
     def embedding(self, tenant: Tenant, id: str) -> tuple[np.ndarray, MemoryMeta]:
         """The stored (unit) embedding of image `id` and where it was posted; KeyError when unknown."""
         snap = self._snapshot(tenant)
-        if snap is None or id not in snap.ids:
+        row = None if snap is None else snap.row(id)
+        if snap is None or row is None:
             raise KeyError(id)
-        row = snap.ids.index(id)
         return np.array(snap.unit[row]), snap.meta(tenant, row)
 
     def image(self, tenant: Tenant, id: str) -> bytes | None:
@@ -291,9 +334,10 @@ class MemoryStore:
             return None
         with data.lock:
             snap = data.snapshot
-            if id not in snap.ids:
+            row = snap.row(id)
+            if row is None:
                 return None
-            blob = bytes(data.ds["image"].get_bytes(snap.ids.index(id)))
+            blob = bytes(data.ds["image"].get_bytes(row))
         return blob or None
 
     # ----- writing -------------------------------------------------------------------------
@@ -309,10 +353,10 @@ class MemoryStore:
                 raise StoreError(f"memory record {rec.id!r}: the thumbnail is not a JPEG")
         with data.lock:
             snap = data.snapshot
-            seen = set(snap.ids)
+            seen: set[str] = set()
             fresh = []
             for rec in records:
-                if rec.id not in seen:
+                if rec.id not in seen and snap.row(rec.id) is None:
                     seen.add(rec.id)
                     fresh.append(rec)
             if not fresh:
