@@ -156,10 +156,10 @@ async def test_a_stop_answers_the_requests_in_flight_and_refuses_new_ones(raw_se
     gate, entered = asyncio.Event(), []
     search = SearchService.search
 
-    async def held_search(self: SearchService, query: Query) -> Any:
+    async def held_search(self: SearchService, query: Query, *args: Any, **kwargs: Any) -> Any:
         entered.append(query)
         await gate.wait()
-        return await search(self, query)
+        return await search(self, query, *args, **kwargs)
 
     async with FakeDiscord(DISCORD_TOKEN) as discord_fake, FakeSlack(bot_token=BOT_TOKEN) as slack_fake:
         settings = settings_for(raw_settings, discord_fake, slack_fake)
