@@ -376,6 +376,11 @@ async def test_a_private_channels_images_are_found_by_its_members_only_and_only_
         await h.event(member_left_channel(USER, DESIGN))
         posted = await h.search("anything source:memory in:workspace", user=USER, channel=GENERAL)
         assert remembered(posted) == ids_of(in_general)
+        # ... or joined one: OUTSIDER (whose memberships are cached) finds #design's images at once.
+        h.directory.channels[DESIGN].members.add(OUTSIDER)
+        await h.event(member_left_channel(OUTSIDER, DESIGN, joined=True))
+        posted = await h.search("anything source:memory in:workspace", user=OUTSIDER, channel=GENERAL)
+        assert set(remembered(posted)) == set(ids_of(in_general) + ids_of(in_design))
         # A DM with the bot searches the shared collection only.
         posted = await h.search("anything", user=USER, channel=DM)
         assert remembered(posted) == [] and posted.params["channel"] == DM

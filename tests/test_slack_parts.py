@@ -162,7 +162,7 @@ def test_the_manifest_points_slack_at_the_bots_command_and_endpoint():
     # Channel memory's events (bot/slack/memory.py), and the history and membership scopes.
     assert set(settings["event_subscriptions"]["bot_events"]) == {
         "app_mention", "message.im", "message.channels", "message.groups", "file_deleted", "channel_deleted",
-        "group_deleted", "member_left_channel", "app_uninstalled", "tokens_revoked",
+        "group_deleted", "member_left_channel", "member_joined_channel", "app_uninstalled", "tokens_revoked",
     }
     assert {"channels:history", "groups:history", "channels:read", "groups:read", "users:read", "files:read"} <= set(
         manifest["oauth_config"]["scopes"]["bot"])

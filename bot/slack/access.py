@@ -5,7 +5,7 @@ whatever the number of channels with memory, instead of one `conversations.membe
 channel with memory), answered with the bot's token: Slack lists a private channel only
 when the bot is in it too, which memory needs anyway. The answer (channel id -> private or
 not) is kept `[memory] access_cache_seconds` per workspace and person, and dropped when Slack
-says they left a channel (`member_left_channel`).
+says they left or joined a channel (`member_left_channel`, `member_joined_channel`).
 
 A search posts its results in the channel it was asked in, where every member of that channel
 sees them. So its memory scope is the channels with memory the asker is a member of, and of
@@ -106,7 +106,7 @@ class SlackAccess:
         return frozenset(c for c in candidates if c in mine and (c == here or not mine[c]))
 
     def forget(self, team: str, user: str | None = None) -> None:
-        """Drop the cached memberships of `user` (a channel left), or of a whole workspace."""
+        """Drop the cached memberships of `user` (a channel left or joined), or of a whole workspace."""
         self._cache = {k: v for k, v in self._cache.items()
                        if not (k[0] == team and (user is None or k[1] == user))}
 

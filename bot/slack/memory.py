@@ -13,7 +13,8 @@ backfill, and the scope of each `/search`.
 - Forgetting: `message_deleted`; `message_changed` that dropped files (tombstones count as
   dropped); `file_deleted` (every message that shared the file); `channel_deleted` and
   `group_deleted`; `app_uninstalled` and a `tokens_revoked` that revokes the bot token: the
-  whole workspace. `member_left_channel` drops the person's cached memberships.
+  whole workspace. `member_left_channel` and `member_joined_channel` drop the person's cached
+  memberships.
 - Backfill: `on N` reads up to N past messages (bot.slack.backfill), resumed after a restart.
 - Searching: `source:memory|collection|both` and `in:channel|workspace` in the query text;
   the scope is what bot.slack.access allows the asker in the channel asked from. DMs search
@@ -203,7 +204,8 @@ class SlackMemory:
         app.event("file_deleted")(self.on_file_deleted)
         app.event("channel_deleted")(self.on_channel_deleted)
         app.event("group_deleted")(self.on_channel_deleted)
-        app.event("member_left_channel")(self.on_member_left)
+        app.event("member_left_channel")(self.on_membership_changed)
+        app.event("member_joined_channel")(self.on_membership_changed)
         if not oauth:  # with OAuth, Bolt's own listeners delete the installation too
             app.event("app_uninstalled")(_acknowledged)
             app.event("tokens_revoked")(_acknowledged)
@@ -380,7 +382,8 @@ class SlackMemory:
             self._stop_backfill(tenant, channel)
             self.spawn(self._forget(memory.forget_channel(tenant, channel), "deleted channel"))
 
-    async def on_member_left(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+    async def on_membership_changed(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        """Someone left or joined a channel: their cached memberships are read again."""
         team, user = body.get("team_id") or event.get("team"), event.get("user")
         if isinstance(team, str) and isinstance(user, str):
             self.access.forget(team, user)

@@ -152,8 +152,10 @@ def channel_deleted(channel: str) -> dict[str, Any]:
     return {"type": "channel_deleted", "channel": channel}
 
 
-def member_left_channel(user: str, channel: str, *, team: str = TEAM_ID) -> dict[str, Any]:
-    return {"type": "member_left_channel", "user": user, "channel": channel, "channel_type": "C", "team": team}
+def member_left_channel(user: str, channel: str, *, team: str = TEAM_ID, joined: bool = False) -> dict[str, Any]:
+    """`member_left_channel` (or, `joined`, `member_joined_channel`)."""
+    kind = "member_joined_channel" if joined else "member_left_channel"
+    return {"type": kind, "user": user, "channel": channel, "channel_type": "C", "team": team}
 
 
 def app_uninstalled() -> dict[str, Any]:
