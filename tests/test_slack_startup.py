@@ -130,7 +130,12 @@ async def test_socket_mode_with_a_bad_app_token_fails_once_with_the_fix(raw, wro
 
 
 @pytest.mark.parametrize("mode", ["http", "socket"])
-async def test_the_start_logs_no_token_will_be_unused_warning(raw, mode, caplog):
+async def test_the_start_logs_no_token_will_be_unused_warning(raw, mode, caplog, monkeypatch):
+    """With the secrets in the environment, as an operator runs it: Bolt reads SLACK_BOT_TOKEN
+    from there by itself and warned at every start that it would not use it."""
+    for name, value in (("SLACK_BOT_TOKEN", BOT_TOKEN), ("SLACK_SIGNING_SECRET", SIGNING_SECRET),
+                        ("SLACK_APP_TOKEN", APP_TOKEN)):
+        monkeypatch.setenv(name, value)
     async with FakeSlack(bot_token=BOT_TOKEN, app_token=APP_TOKEN) as fake:
         with caplog.at_level(logging.DEBUG):
             async with running_slack_bot(None, settings_for(raw, fake, mode=mode), SECRETS,
@@ -138,6 +143,7 @@ async def test_the_start_logs_no_token_will_be_unused_warning(raw, mode, caplog)
                 assert await bot.health() == (True, "connected" if mode == "socket" else "listening")
     logged = [r.getMessage() for r in caplog.records]
     assert not [m for m in logged if "unused" in m or "will be skipped" in m], logged
+    assert any("Slack bot token of" in m for m in logged)  # the start was logged (it is not all muted)
 
 
 # ---------------------------------------------------------------------- which secrets, which mode

@@ -71,7 +71,12 @@ from bot.slack.render import (
     upload_filename,
     upload_title,
 )
-from bot.slack.startup import check_app_token, check_bot_token, check_secrets
+from bot.slack.startup import (
+    check_app_token,
+    check_bot_token,
+    check_secrets,
+    no_unused_token_warning,
+)
 from bot.slack.text import query_text, split_limit
 from core.config import Secrets, Settings
 from core.errors import SearchAllError
@@ -166,15 +171,16 @@ class SlackBot:
                 AsyncRateLimitErrorRetryHandler(max_retry_count=2),
             ],
         )
-        self.app = AsyncApp(
-            client=self.client,
-            signing_secret=None if socket_mode else secrets.require("slack_signing_secret"),
-            request_verification_enabled=not socket_mode,
-            process_before_response=True,
-            oauth_settings=oauth_settings(with_memory_scopes(settings), secrets) if oauth else None,
-            user_facing_authorize_error_message=NOT_INSTALLED if oauth else TOKEN_REFUSED,
-            logger=log,
-        )
+        with no_unused_token_warning(log):
+            self.app = AsyncApp(
+                client=self.client,
+                signing_secret=None if socket_mode else secrets.require("slack_signing_secret"),
+                request_verification_enabled=not socket_mode,
+                process_before_response=True,
+                oauth_settings=oauth_settings(with_memory_scopes(settings), secrets) if oauth else None,
+                user_facing_authorize_error_message=NOT_INSTALLED if oauth else TOKEN_REFUSED,
+                logger=log,
+            )
         self.files = SlackFileFetcher(
             session,
             hosts=settings.slack.file_hosts,

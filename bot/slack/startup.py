@@ -7,9 +7,12 @@ retries for ever (a bad app-level token).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import contextlib
+import logging
+from collections.abc import Awaitable, Iterator
 
 import aiohttp
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
@@ -76,3 +79,21 @@ async def _checked(call: Awaitable[AsyncSlackResponse], client: AsyncWebClient, 
     except (aiohttp.ClientError, TimeoutError) as exc:
         error = str(exc) or type(exc).__name__
         raise ConfigError(UNREACHABLE.format(url=client.base_url, error=error)) from None
+
+
+@contextlib.contextmanager
+def no_unused_token_warning(logger: logging.Logger) -> Iterator[None]:
+    """While Bolt's app is built: Bolt reads SLACK_BOT_TOKEN from the environment by itself, even
+    when it is given a client, and then logs "As you gave `client` as well, `token` will be
+    unused" at every start. The client is how the token is given (with the API base URL, the
+    session and the retries), so that one line, and only it, is dropped."""
+    noise = warning_client_prioritized_and_token_skipped()
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.getMessage() != noise
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
