@@ -335,3 +335,52 @@ def test_storage_gone_searches_answer_from_memory_and_reads_say_what_failed(tmp_
     with pytest.raises(StoreError, match="cannot read the embedding of 'r3'"):
         reader.embedding("r3")
     reader.close()
+
+
+def clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    """Vectors in neighbourhoods (as real embeddings are): an index reaches its recall on them."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(8, n // 100), dim)).astype(np.float32)
+    return centres[rng.integers(0, len(centres), n)] + 0.5 * rng.standard_normal((n, dim)).astype(np.float32)
+
+
+async def test_the_writer_keeps_the_index_and_replicas_only_load_it(s3_server, tmp_path, monkeypatch):
+    """The approximate index (core/store/ann) of an S3 dataset: built and extended by the
+    writer, which uploads it beside the dataset; two replicas, each with its own cache as on
+    its own machine, download and search it, see the rows appended since, and write nothing."""
+    from core.store.ann import files as ann_files
+
+    bucket = s3_server.new_bucket("replica-index")
+    path = f"s3://{bucket}/collection"
+    vectors = clustered(2030, 64, seed=21)
+    rows = [Record(id=f"r{i}", embedding=v, text=f"picture {i}") for i, v in enumerate(vectors)]
+    async with S3Tap(s3_server.endpoint_url) as writer_tap, S3Tap(s3_server.endpoint_url) as tap_a, \
+            S3Tap(s3_server.endpoint_url) as tap_b:
+        monkeypatch.setattr(ann_files, "_cache_root", lambda: tmp_path / "writer-cache")
+        writer = await asyncio.to_thread(
+            DeepLakeStore.create, path, model_name="tiny", dim=64, creds=creds(writer_tap.endpoint_url), mode="index"
+        )
+        await asyncio.to_thread(writer.append, rows[:2000])
+        await asyncio.to_thread(writer.build_index)
+        replicas = []
+        for name, tap in (("a", tap_a), ("b", tap_b)):
+            monkeypatch.setattr(ann_files, "_cache_root", lambda name=name: tmp_path / f"cache-{name}")
+            replica = await asyncio.to_thread(DeepLakeStore.open, path, creds=creds(tap.endpoint_url), mode="index")
+            assert (await asyncio.to_thread(replica.search, vectors[17], 1))[0].id == "r17"
+            assert replica._index.current_view() is not None  # answered by the index
+            replicas.append(replica)
+        # An ingest commit, then what the ingest does when it ends: the index extended, saved.
+        await asyncio.to_thread(writer.append, rows[2000:])
+        what, _ = await asyncio.to_thread(writer.update_index)
+        assert what.startswith("up to date")
+        for replica in replicas:
+            assert await asyncio.to_thread(replica.refresh) is True
+            assert (await asyncio.to_thread(replica.search, vectors[2020], 1))[0].id == "r2020"
+            assert replica._index.current_view() is not None
+            replica.close()
+        writer.close()
+    for name, tap in (("a", tap_a), ("b", tap_b)):
+        assert tap.methods() <= READS, (name, tap.methods())
+        assert any("/collection.index/" in r.path for r in tap.requests), name  # loaded from S3
+        assert any((tmp_path / f"cache-{name}").rglob("*.faiss")), name
+    assert any(r.method == "PUT" and "/collection.index/" in r.path for r in writer_tap.requests)

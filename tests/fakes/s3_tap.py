@@ -112,4 +112,9 @@ class S3Tap:
             data = await answer.read()
             back = {k: v for k, v in answer.headers.items() if k.lower() not in _NOT_FORWARDED}
             self.requests.append(Tapped(request.method, request.path_qs, answer.status))
+            if request.method == "HEAD":  # no body, but the object's size (boto3's downloads read it)
+                response = web.StreamResponse(status=answer.status, headers=back)
+                response.content_length = int(answer.headers.get("Content-Length", 0))
+                await response.prepare(request)
+                return response
             return web.Response(status=answer.status, body=data, headers=back)
