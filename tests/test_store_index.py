@@ -68,6 +68,7 @@ def test_recall_against_exact_search(tmp_path, make, dim, bound):
     exact = DeepLakeStore.open(str(tmp_path / "ds"), mode="exact")
     got = np.mean([recall(ids(index.search(q, K)), ids(exact.search(q, K))) for q in queries])
     assert got >= bound
+    assert index._index.current_view() is not None  # the index answered
     assert meta(tmp_path / "ds")["rows"] == 4000
 
 
@@ -93,6 +94,7 @@ def test_rows_of_an_ingest_commit_are_found_then_added_without_a_rebuild(tmp_pat
     reader.refresh()
     for i in range(0, 30, 7):
         assert reader.search(new[i], 1)[0].id == f"r{3000 + i}"
+    assert reader._index.current_view() is not None  # the index, and the new rows as its tail
     what, _ = writer.update_index()  # what the ingest does when it ends
     assert what.startswith("up to date")
     after = meta(tmp_path / "ds")
@@ -162,6 +164,7 @@ def test_filters_selective_exactly_and_broad_in_full_pages(tmp_path):
         assert recall(ids(page), ids(exact.search(q, K, include=["red"], exclude=["tag001"]))) >= 0.9
         deep = index.search(q, K, include=["red"], offset=40)
         assert len(deep) == K
+    assert index._index.current_view() is not None
 
 
 def test_index_on_s3_is_written_beside_the_dataset_and_loaded_back(s3_server, s3_env, tmp_path, monkeypatch):
