@@ -267,7 +267,7 @@ class MemorySettings(_Section):
     # Images embedded per background batch, and the most of the encoder's time indexing may
     # take while queries are coming (queries always go first).
     index_batch_size: int = Field(default=4, ge=1, le=64)
-    index_share: float = Field(default=0.25, gt=0, le=1)
+    index_share: float = Field(default=0.1, gt=0, le=1)
     # Tenants whose memory stays loaded at once (least recently used unloaded first).
     max_open_tenants: int = Field(default=64, ge=1)
 

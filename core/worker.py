@@ -70,7 +70,7 @@ class EncoderWorker:
     """Runs `encoder` in a dedicated thread; use as `async with EncoderWorker(...) as worker`."""
 
     def __init__(self, encoder: Encoder, *, batch_window_ms: float = 5.0, max_batch_size: int = 8,
-                 background_batch_size: int = 4, background_share: float = 0.25,
+                 background_batch_size: int = 4, background_share: float = 0.1,
                  background_quiet_s: float = 2.0):
         if not 0 < background_share <= 1:
             raise ValueError(f"background_share must be within (0, 1], got {background_share}")

@@ -88,7 +88,7 @@ class SearchBot(commands.Bot):
         self.cog = SearchCog(self, settings, service, session)
         memory = service.channel_memory
         self.memory_cog = None if memory is None or self.cog.access is None else MemoryCog(
-            self, settings, memory, session, self.cog.access)
+            self, settings, memory, session, self.cog.access, self.cog.admit_interaction)
         self.sync_commands = sync
         self.announced = False
         self.gateway_up = False  # READY or RESUMED seen, and no disconnect since

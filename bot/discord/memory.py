@@ -23,7 +23,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import aiohttp
@@ -52,6 +52,12 @@ HISTORY_PAGE = 100  # Discord's most messages per history request
 NEEDS_MANAGE_CHANNELS = "turning memory on or off, or forgetting a channel, needs the Manage Channels permission here"
 NEEDS_MANAGE_SERVER = "forgetting the whole server's memory needs the Manage Server permission"
 Where = Literal["this channel", "server"]
+
+
+class _Refused(app_commands.CheckFailure):
+    def __init__(self, reason: SearchAllError):
+        super().__init__(str(reason))
+        self.reason = reason
 
 
 def tenant_of(guild_id: int) -> Tenant:
@@ -147,8 +153,10 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="Chann
     """`/memory …`, the listeners that index and forget, and the backfills."""
 
     def __init__(self, bot: commands.Bot, settings: Settings, memory: ChannelMemory, session: aiohttp.ClientSession,
-                 access: MemoryAccess) -> None:
+                 access: MemoryAccess, admit: Callable[[discord.Interaction], None]) -> None:
+        """`admit`: the search cog's door (shutdown, allow-lists, rate limit), for these commands too."""
         super().__init__()
+        self.admit = admit
         self.bot = bot
         self.settings = settings
         self.memory = memory
@@ -173,9 +181,16 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="Chann
         while self.tasks:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
 
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        try:
+            self.admit(interaction)
+        except SearchAllError as exc:
+            raise _Refused(exc) from exc
+        return True
+
     async def cog_app_command_error(self, interaction: discord.Interaction,
                                     error: app_commands.AppCommandError) -> None:
-        original = getattr(error, "original", error)
+        original = error.reason if isinstance(error, _Refused) else getattr(error, "original", error)
         text = user_message(original)
         if interaction.response.is_done():
             await interaction.followup.send(text, ephemeral=True)
