@@ -1,4 +1,5 @@
-"""Prometheus metrics of a running bot: searches by input mix, latency, errors, encoder batches.
+"""Prometheus metrics of a running bot: searches by input mix, latency, errors, encoder batches,
+and how fresh its copy of the dataset is (rows held, seconds since it last reached the dataset).
 
 One `Metrics` object per process, created at startup and passed in (no global registry): the
 service records into it, the ops server (`bot/ops_server.py`) renders it at `/metrics`.
@@ -10,7 +11,7 @@ from collections import Counter as CountOf
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from core.query import Term
@@ -38,6 +39,25 @@ class _BatchSizes(Collector):
         yield family
 
 
+class _Dataset(Collector):
+    """The rows a process holds, and the seconds since it last reached its dataset (opened or
+    refreshed it): a replica cut off from S3 keeps answering from memory, and this says so."""
+
+    def __init__(self, rows: Callable[[], int], age_s: Callable[[], float], failures: Callable[[], int]):
+        self.rows, self.age_s, self.failures = rows, age_s, failures
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily("search_all_dataset_rows", "Rows of the dataset held in memory", value=self.rows())
+        yield GaugeMetricFamily(
+            "search_all_dataset_refresh_age_seconds",
+            "Seconds since the dataset was last opened or refreshed successfully",
+            value=self.age_s(),
+        )
+        yield CounterMetricFamily(
+            "search_all_dataset_refresh_failures", "Refreshes of the dataset that failed", value=self.failures()
+        )
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -55,6 +75,9 @@ class Metrics:
 
     def watch_batches(self, read: Callable[[], CountOf[int]]) -> None:
         self.registry.register(_BatchSizes(read))
+
+    def watch_dataset(self, rows: Callable[[], int], age_s: Callable[[], float], failures: Callable[[], int]) -> None:
+        self.registry.register(_Dataset(rows, age_s, failures))
 
     def record(self, kind: str, modalities: str, timings_ms: dict[str, float]) -> None:
         self.searches.labels(kind, modalities).inc()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
 
 from core.config import MODEL_NAMES, Secrets, Settings
 from core.encoder import Encoder
@@ -104,6 +106,8 @@ async def open_search_service(
         stack.push_async_callback(audio.aclose)
         metrics = Metrics()
         metrics.watch_batches(lambda: worker.batch_sizes)
+        freshness = Freshness()
+        metrics.watch_dataset(lambda: store.info.rows, freshness.age_s, lambda: freshness.failures)
         service = SearchService(
             worker,
             store,
@@ -122,7 +126,7 @@ async def open_search_service(
             watcher = asyncio.create_task(health.watch(settings.s3.health_check_seconds))
             stack.push_async_callback(_cancel, watcher)
         if settings.ops.refresh_seconds > 0:
-            refresher = asyncio.create_task(refresh_forever(service, settings.ops.refresh_seconds))
+            refresher = asyncio.create_task(refresh_forever(service, settings.ops.refresh_seconds, freshness))
             stack.push_async_callback(_cancel, refresher)
         yield service
 
@@ -136,15 +140,32 @@ def open_channel_memory(settings: Settings, worker: EncoderWorker) -> ChannelMem
     return ChannelMemory(store, registry, worker, settings.memory, settings.limits)
 
 
-async def refresh_forever(service: SearchService, every_s: float) -> None:
+@dataclass
+class Freshness:
+    """When the service last reached its dataset (opened or refreshed it), and the refreshes
+    that failed: `/metrics` shows them (docs/deployment.md, when S3 is down)."""
+
+    clock: Callable[[], float] = time.monotonic
+    last_ok: float = field(default_factory=time.monotonic)
+    failures: int = 0
+
+    def age_s(self) -> float:
+        return self.clock() - self.last_ok
+
+
+async def refresh_forever(service: SearchService, every_s: float, freshness: Freshness | None = None) -> None:
     """Pick up what an ingest appends while the bot runs; a failed refresh is retried later."""
+    freshness = freshness or Freshness()
     while True:
         await asyncio.sleep(every_s)
         try:
             if await service.refresh():
                 log.info("dataset refreshed: %d rows", service.store.info.rows)
         except Exception:
+            freshness.failures += 1
             log.exception("refreshing the dataset failed; keeping the rows already loaded")
+        else:
+            freshness.last_ok = freshness.clock()
 
 
 async def _cancel(task: asyncio.Task) -> None:

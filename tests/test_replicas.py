@@ -5,10 +5,12 @@ writes (docs/deployment.md).
   appends to it in committed batches: both answer every request throughout, both find the new
   images within the refresh interval, each only ever sees whole batches, and neither writes to
   S3 (each reaches it through its own recording tap, tests/fakes/s3_tap.py: GET and HEAD only).
-  One of them loses S3 during the ingest: it keeps answering from memory and catches up when
-  S3 is back.
+  One of them loses S3 during the ingest: it keeps answering from memory, its /metrics says
+  how long since it last reached the dataset, and it catches up when S3 is back.
 - At the store level: a refresh that waits on a slow S3 does not hold up the reads of the
-  handle that serves (an image already read, a stored embedding).
+  handle that serves (an image already read, a stored embedding), nor closing it; storage that
+  fails is a StoreError naming the row; the approximate index is kept by the writer and only
+  downloaded by the replicas.
 """
 
 from __future__ import annotations
@@ -220,6 +222,16 @@ async def poll(http: aiohttp.ClientSession, replica: Replica, down: bool) -> Non
         replica.all_rows_at = time.monotonic()
 
 
+async def metric(http: aiohttp.ClientSession, replica: Replica, name: str) -> float:
+    """A value of the replica's /metrics (Prometheus text)."""
+    async with http.get(f"http://127.0.0.1:{replica.health_port}/metrics") as response:
+        replica.statuses.append(response.status)
+        for line in (await response.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in the metrics of replica {replica.name}")
+
+
 async def fetch_image(http: aiohttp.ClientSession, replica: Replica, row: int) -> None:
     async with http.get(f"{replica.web}/image/{row}") as response:
         replica.statuses.append(response.status)
@@ -288,6 +300,9 @@ async def test_two_replicas_answer_throughout_an_ingest_and_never_write(s3_serve
                 ingest_done = time.monotonic()
             await asyncio.sleep(0.1)
         assert ingest.returncode == 0, (tmp_path / "ingest.log").read_text()
+        # b's /metrics tells that it has not reached the dataset for a while.
+        assert await metric(http, b, "search_all_dataset_refresh_age_seconds") > 3 * REFRESH_S
+        assert await metric(http, b, "search_all_dataset_rows") == FIRST
         # S3 is back for b: it catches up.
         b.tap.up()
         deadline = time.monotonic() + WAIT_S
@@ -295,6 +310,9 @@ async def test_two_replicas_answer_throughout_an_ingest_and_never_write(s3_serve
             assert time.monotonic() < deadline, f"timed out; replica b saw rows {b.rows}:\n{b.output()}"
             for replica in replicas:
                 await poll(http, replica, down=False)
+            await asyncio.sleep(0.1)
+        while await metric(http, b, "search_all_dataset_refresh_age_seconds") > 3 * REFRESH_S:
+            assert time.monotonic() < deadline, "b's refresh age did not fall back"
             await asyncio.sleep(0.1)
         for replica in replicas:  # an image kept in the dataset, of a row the ingest added
             await fetch_image(http, replica, FIRST + SECOND - 1)
@@ -384,3 +402,33 @@ async def test_the_writer_keeps_the_index_and_replicas_only_load_it(s3_server, t
         assert any("/collection.index/" in r.path for r in tap.requests), name  # loaded from S3
         assert any((tmp_path / f"cache-{name}").rglob("*.faiss")), name
     assert any(r.method == "PUT" and "/collection.index/" in r.path for r in writer_tap.requests)
+
+
+async def test_refresh_forever_counts_failures_and_dates_the_last_success():
+    """What /metrics shows of a replica's refreshes (search_all_dataset_refresh_*)."""
+    from core.startup import Freshness, refresh_forever
+
+    outcomes = [StoreError("cannot refresh dataset s3://b/c: S3 is down"), True, False]
+    now = [100.0]
+
+    class Service:
+        class store:
+            class info:
+                rows = 8
+
+        @staticmethod
+        async def refresh() -> bool:
+            now[0] += 1.0
+            outcome = outcomes.pop(0) if outcomes else False
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+
+    freshness = Freshness(clock=lambda: now[0], last_ok=100.0)
+    task = asyncio.create_task(refresh_forever(Service(), 0, freshness))  # type: ignore[arg-type]
+    try:
+        await until(lambda: freshness.failures == 1 and freshness.last_ok >= 103.0, "three refreshes")
+    finally:
+        task.cancel()
+    assert freshness.failures == 1  # the failed one, logged; the rows already loaded kept
+    assert freshness.age_s() == now[0] - freshness.last_ok
