@@ -29,8 +29,10 @@ This module is imported only for `--ray`; without it Ray is never imported.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import pickle
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -77,7 +79,7 @@ class EncoderLoader:
 
     def __call__(self) -> Encoder:
         if not self.model.threads and not torch.cuda.is_available():
-            torch.set_num_threads(os.cpu_count() or 1)  # Ray sets OMP_NUM_THREADS=1 in actors
+            torch.set_num_threads(os.cpu_count() or 1)  # Ray gives an actor its CPUs (1) as threads
         return Encoder.load(self.model, self.limits, progress=False)
 
 
@@ -89,7 +91,7 @@ class RayOptions:
 
     address: str = "auto"
     actors: int | None = None
-    decode_cpus: float = 1.0
+    decode_cpus: float = 1.0  # CPUs each decode task takes
     encoder: Callable[[], Encoder] | None = None  # default: `EncoderLoader` of the settings
     gpus: bool | None = None  # default: when the cluster has GPUs and [model] device is not cpu
 
@@ -103,7 +105,7 @@ def ray_session(address: str) -> Iterator[None]:
     try:
         if address == "auto":
             try:
-                ray.init(address="auto", log_to_driver=True)
+                ray.init(address="auto")
             except ConnectionError:
                 log.info("no Ray cluster found: starting one on this machine (loopback only)")
                 ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
@@ -121,9 +123,17 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def decode_batch(batch: Columns, source: Source, limits: MediaLimits) -> Columns:
+@functools.lru_cache(maxsize=4)
+def _opened(pickled_source: bytes) -> Source:
+    """The source, unpickled once per worker process rather than once per task: what it opens
+    (an S3 client, a Hugging Face table) is opened once per process, as the local loader does."""
+    return pickle.loads(pickled_source)
+
+
+def decode_batch(batch: Columns, pickled_source: bytes, limits: MediaLimits) -> Columns:
     """A Ray Data task: read, decode and preprocess a batch of items, as the local loader does
     (`prepare_item`); an item that fails keeps its row, with the reason in `error`."""
+    source = _opened(pickled_source)
     refs = [
         ItemRef(str(id_), str(text), _plain(locator), str(version))
         for id_, text, locator, version in zip(
@@ -206,7 +216,7 @@ def embedded_rows(
             decode_batch,
             batch_size=batch_size,
             batch_format="numpy",
-            fn_kwargs={"source": source, "limits": limits},
+            fn_kwargs={"pickled_source": pickle.dumps(source), "limits": limits},
             num_cpus=options.decode_cpus,
             max_retries=TASK_RETRIES,  # also keeps decode out of the actors (no operator fusion)
         )

@@ -60,6 +60,11 @@ class HuggingFaceSource:
         table = table.cast_column(image_columns[0], datasets.Image(decode=False))
         return _HfTable(table, image_columns[0], text_column)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the opened table (a path on this machine): the process that reads,
+        a Ray task on another node too, opens its own."""
+        return {key: value for key, value in self.__dict__.items() if key != "_loaded"}
+
     def refs(self) -> Iterator[ItemRef]:
         loaded = self._loaded
         rows = len(loaded.table)
