@@ -177,3 +177,24 @@ def test_killed_driver_loses_only_batches_in_flight_and_rerun_completes(ray_addr
     assert main([*args, "--ray", ray_address]) == 0  # the cluster has ended the dead driver's work
     assert f"added {N_IMAGES - kept}, skipped {kept} already present, failed 0" in capsys.readouterr().out
     assert sorted(rows_by_id(str(dataset))) == ids  # every id, each once
+
+
+def test_a_listed_hf_source_travels_without_its_opened_table(tmp_path):
+    """Decode tasks on other nodes get the source pickled: the table it opened while listing (a
+    memory-mapped file of this machine) stays here, and the task opens its own."""
+    import pickle
+
+    datasets = pytest.importorskip("datasets")
+    from ingest.sources.huggingface import HuggingFaceSource
+    from tests.media_factory import make_picture
+
+    table = datasets.Dataset.from_dict(
+        {"image": [{"bytes": make_picture(i), "path": None} for i in range(3)], "prompt": ["a", "b", "c"]},
+        features=datasets.Features({"image": datasets.Image(), "prompt": datasets.Value("string")}),
+    )
+    table.save_to_disk(str(tmp_path / "saved"))
+    source = HuggingFaceSource(str(tmp_path / "saved"))
+    refs = list(source.refs())  # opens the table
+    shipped = pickle.loads(pickle.dumps(source))
+    assert "_loaded" not in shipped.__dict__
+    assert shipped.read(refs[1]) == make_picture(1)
