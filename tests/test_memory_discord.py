@@ -9,6 +9,7 @@ holds N images, a reply arrived), bounded, never for a fixed time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from contextlib import AsyncExitStack
 
 import discord
@@ -362,3 +363,23 @@ async def test_memory_asks_for_message_content_and_names_the_switch_when_refused
     finally:
         fake.message_content_enabled = True
     assert str(refused.value) == MEMORY_INTENT_REFUSED and "[memory] enabled = false" in MEMORY_INTENT_REFUSED
+
+
+async def test_a_backfill_interrupted_by_a_restart_resumes_from_its_cursor(fake, runner, world):
+    channel = await world.channel()
+    posted = []
+    for i in range(6):
+        attachment = fake.upload("old.jpg", make_picture(700 + i), "image/jpeg", channel_id=channel)
+        posted.append(fake.user_message(world.member, "", attachments=[attachment], channel_id=channel))
+    memory = runner.service.channel_memory
+    tenant = Tenant("discord", str(world.guild_a))
+    await memory.enable(tenant, channel=str(channel), by="mod", backfill=5)
+    # as a process stopped after its first page left it: 2 messages read, the cursor at the older
+    progress = memory.backfill(tenant, str(channel))
+    await memory.save_backfill(tenant, str(channel), dataclasses.replace(progress, read=2, cursor=posted[4]["id"]))
+    await runner.bot.memory_cog.on_ready()  # what the bot does when it (re)connects
+    await until(lambda: (memory.backfill(tenant, str(channel)) or progress).finished)
+    done = memory.backfill(tenant, str(channel))
+    assert (done.read, done.indexed) == (5, 3)  # messages 3, 2, 1 (older than the cursor), not 0
+    kept = set(memory.store._snapshot(tenant).messages)
+    assert kept == {posted[i]["id"] for i in (1, 2, 3)}
