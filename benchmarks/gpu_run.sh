@@ -12,6 +12,9 @@
 #   query.json     bench_query.py in fp16: the query path against the model's own cost, and
 #                  8 concurrent queries against 8 one by one (batch windows 0, 2, 5 ms)
 #   ingest.json    bench_ingest.py in fp16 (when that script is in the tree)
+#   ingest_ray.json  bench_ingest.py --ray in fp16, batch 64: the ingest on Ray (one encoder actor
+#                  on the GPU) against the single-process ingest and the encoder alone, on
+#                  RAY_IMAGES images (1024); skipped, and said so, where Ray Data is not installed
 #   log.txt        everything printed
 #
 # Installing: a venv that sees the machine's own torch (--system-site-packages; the pinned
@@ -20,6 +23,9 @@
 # (the lent ones have none) installs them from wheels in ./.whl, made beforehand on a machine
 # with one by `bash benchmarks/gpu_wheels.sh` (carry `.whl` along). Without PyAV the audio
 # inputs that are file bytes are skipped (bench_encoder feeds waveforms and still runs audio).
+# Ray (the `ray` step) is installed from the index when there is one; its wheels with pyarrow and
+# pandas are far over the device tool's 64 MiB, so on a lent machine without an index the step
+# runs only where the machine already has Ray.
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,7 +55,8 @@ step() {
 
 PY="${PYTHON:-python3}"
 VENV="${VENV:-/tmp/search-all-gpu-venv}"
-STEPS="${STEPS-encoder query ingest}"
+STEPS="${STEPS-encoder query ingest ray}"
+RAY_IMAGES="${RAY_IMAGES:-1024}"
 MODEL="${MODEL:-imagebind_huge}"
 DEVICE="${DEVICE:-cuda}"
 wanted() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -79,6 +86,10 @@ else
         "${PIP[@]}" --retries 0 --timeout 10 deeplake av pydantic ftfy regex tqdm 2>&1 | tee -a "$LOG" \
             || say "no package index here: make ./.whl with benchmarks/gpu_wheels.sh and carry it"
     fi
+    if wanted ray && ! "$VENV/bin/python" -c "import ray.data" 2>/dev/null && [ ! -d "$ROOT/.whl" ]; then
+        "${PIP[@]}" --retries 0 --timeout 10 "ray[data]>=2.60,<2.64" 2>&1 | tee -a "$LOG" \
+            || say "Ray Data could not be installed: the ray step will be skipped"
+    fi
 fi
 [ -x "$PYBIN" ] || PYBIN="$PY"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -97,7 +108,7 @@ if ! "$PYBIN" -c "import av" 2>/dev/null; then
 fi
 "$PYBIN" - >>"$OUT/env.txt" 2>&1 <<'EOF'
 import importlib
-for name in ("torch", "torchaudio", "deeplake", "pydantic", "av", "PIL", "numpy"):
+for name in ("torch", "torchaudio", "deeplake", "pydantic", "av", "PIL", "numpy", "ray"):
     try:
         module = importlib.import_module(name)
         print(f"{name}: {getattr(module, '__version__', '?')} ({getattr(module, '__file__', '')})")
@@ -119,6 +130,18 @@ wanted query && step 70 bench_query "$PYBIN" benchmarks/bench_query.py --model "
 if wanted ingest && [ -f benchmarks/bench_ingest.py ]; then
     step 70 bench_ingest "$PYBIN" benchmarks/bench_ingest.py --models "$MODEL" \
         --images 256 --huge-images 256 --batch-size 64 --workers 0,8 --device "$DEVICE" --json "$OUT/ingest.json"
+fi
+
+# The ingest on Ray: Ray started here (every core, loopback), one encoder actor with the GPU
+# (fp16), batch 64; its start-up (Ray Data, the actor, the model) is timed apart from its rate.
+if wanted ray; then
+    if "$PYBIN" -c "import ray.data" 2>/dev/null; then
+        step 300 bench_ingest_ray "$PYBIN" benchmarks/bench_ingest.py --models "$MODEL" \
+            --images "$RAY_IMAGES" --huge-images "$RAY_IMAGES" --batch-size 64 --workers 8 --device "$DEVICE" \
+            --ray --json "$OUT/ingest_ray.json"
+    else
+        say "!! ray skipped: Ray Data is not installed here (pip install 'search-all[ray]')"
+    fi
 fi
 
 say "done in $((SECONDS - START)) s; results in $OUT"
