@@ -167,6 +167,27 @@ def test_filters_selective_exactly_and_broad_in_full_pages(tmp_path):
     assert index._index.current_view() is not None
 
 
+def test_a_build_reads_the_column_in_a_child_process_and_gets_the_same_vectors(tmp_path, monkeypatch):
+    from core.store import deeplake_store
+
+    monkeypatch.setattr(deeplake_store, "_EXPORT_CHILD_MIN_ROWS", 0)
+    monkeypatch.setattr(deeplake_store, "_EXPORT_ROWS", 256)  # several chunks, several handles
+    started = []
+    real = deeplake_store.multiprocessing.get_context
+
+    def spying(method):
+        started.append(method)
+        return real(method)
+
+    monkeypatch.setattr(deeplake_store.multiprocessing, "get_context", spying)
+    vectors = clustered(1500, DIM, seed=16)
+    make_dataset(tmp_path / "ds", vectors).close()
+    assert started == ["spawn"]
+    built = meta(tmp_path / "ds")
+    saved = np.load(Path(str(tmp_path / "ds") + ".index") / built["chunks"][0][0])
+    assert np.allclose(saved, vectors / np.linalg.norm(vectors, axis=1, keepdims=True), atol=1e-6)
+
+
 def test_index_on_s3_is_written_beside_the_dataset_and_loaded_back(s3_server, s3_env, tmp_path, monkeypatch):
     monkeypatch.setattr(ann_files, "_cache_root", lambda: tmp_path / "cache")
     bucket = s3_server.new_bucket()

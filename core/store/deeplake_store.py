@@ -49,6 +49,7 @@ everything (`_only_appends_since`). Writable handles switch DeepLake's automatic
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import re
 import struct
@@ -116,11 +117,38 @@ def _optional_schema() -> dict[str, Any]:
 
 class _Reader:
     """The dataset as the index keeper reads it (`core.store.ann.keeper.DatasetReader`); the
-    caller holds the lock that makes reading `ds` safe."""
+    caller holds the lock that makes reading `ds` safe. `source` (path, creds): where a child
+    process can open the dataset too, for `export`."""
 
-    def __init__(self, ds: Any, dim: int) -> None:
+    def __init__(self, ds: Any, dim: int, source: tuple[str, dict[str, str] | None] | None = None) -> None:
         self._ds = ds
         self._dim = dim
+        self._source = source
+
+    def export(self, lo: int, hi: int, target: Path) -> None:
+        """Append rows [lo, hi) as float32 unit rows to the file `target`, read in a child
+        process when the dataset can be opened there: DeepLake keeps much of what a process
+        read resident (about the size of the column at 100k rows, not returned on close), and
+        a child's memory goes when it exits."""
+        size = target.stat().st_size
+        if self._source is not None and hi - lo >= _EXPORT_CHILD_MIN_ROWS:
+            path, creds = self._source
+            child = multiprocessing.get_context("spawn").Process(
+                target=_export_rows,
+                args=(path, creds, str(self._ds.version), lo, hi, str(target)),
+                name="search-all index reader",
+            )
+            child.start()
+            child.join()
+            if child.exitcode == 0 and target.stat().st_size == size + (hi - lo) * self._dim * 4:
+                return
+            log.warning("reading the embeddings in a child process failed (exit %s): reading them here", child.exitcode)
+            os.truncate(target, size)
+        with open(target, "ab") as fh:
+            fh.writelines(
+                self.embeddings(first, min(hi, first + _READ_CHUNK_ROWS)).tobytes()
+                for first in range(lo, hi, _READ_CHUNK_ROWS)
+            )
 
     def embeddings(self, lo: int, hi: int) -> np.ndarray:
         unit = np.empty((max(0, hi - lo), self._dim), dtype=np.float32)
@@ -134,6 +162,26 @@ class _Reader:
 
     def ids(self, lo: int, hi: int) -> list[str]:
         return [_text(i) for i in self._ds["id"][lo:hi]] if hi > lo else []
+
+
+_EXPORT_ROWS = 8192
+_EXPORT_CHILD_MIN_ROWS = 50_000  # fewer rows are read in-process (a child costs seconds to start)
+_EXPORT_REOPEN = 4  # chunks read through one DeepLake handle before a fresh one
+
+
+def _export_rows(path: str, creds: dict[str, str] | None, version: str, lo: int, hi: int, target: str) -> None:
+    """(child process) `_Reader.export`: rows [lo, hi) of the dataset at `version`, appended
+    to `target`. A fresh handle every few chunks bounds what DeepLake keeps (measured at 100k
+    rows: 240 MiB kept instead of 490)."""
+    ds = None
+    with open(target, "ab") as fh:
+        for i, first in enumerate(range(lo, hi, _EXPORT_ROWS)):
+            if i % _EXPORT_REOPEN == 0:
+                ds = deeplake.open_read_only(path, creds=creds)
+                if str(ds.version) != version:
+                    raise SystemExit(f"dataset {path} moved past version {version}")
+            last = min(hi, first + _EXPORT_ROWS)
+            fh.write(unit_rows(np.asarray(ds["embedding"][first:last])).tobytes())
 
 
 class _ReadWriteLock:
@@ -286,6 +334,7 @@ class DeepLakeStore:
             IndexFiles.for_dataset(path, _clean_creds(creds)), self._dim, require_fit=mode == "auto"
         )
         self._full_table = False  # index mode keeps no vectors in the table until it must
+        self._source = None if path.startswith("mem://") else (path, _clean_creds(creds))
         if not read_only:
             ds.indexing_mode = deeplake.IndexingMode.Off
         load_table = read_only if preload is None else preload
@@ -683,7 +732,8 @@ class DeepLakeStore:
         start = time.perf_counter()
         with self._lock.read():
             state = self._current()
-            self._index.build(state.version, state.rows, list(state.ids), _Reader(self._open_ds(), self._dim))
+            reader = _Reader(self._open_ds(), self._dim, self._source)
+            self._index.build(state.version, state.rows, list(state.ids), reader)
         return time.perf_counter() - start
 
     def update_index(self) -> tuple[str, float]:
@@ -693,7 +743,8 @@ class DeepLakeStore:
         self._check_writable()
         with self._lock.read():
             state = self._current()
-            return self._index.update(state.version, state.rows, list(state.ids), _Reader(self._open_ds(), self._dim))
+            reader = _Reader(self._open_ds(), self._dim, self._source)
+            return self._index.update(state.version, state.rows, list(state.ids), reader)
 
     def build_deeplake_index(self) -> float:
         """Build DeepLake's own vector index now and commit; the seconds it took (for the

@@ -32,6 +32,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -131,9 +132,11 @@ class AnnIndex:
         ids: list[str],
         version: str,
         files: IndexFiles | None,
+        export: Callable[[int, int, Path], None] | None = None,
         chunk_rows: int = 65_536,
     ) -> AnnIndex:
-        """Build from the collection: `read(lo, hi)` gives rows [lo, hi) as float32 unit rows.
+        """Build from the collection: `read(lo, hi)` gives rows [lo, hi) as float32 unit rows;
+        `export(lo, hi, path)` appends them to a file (preferred when there are `files`).
 
         The vectors are streamed into files (or kept in memory without `files`); a sample
         trains the lists; then every vector is filed; then `nprobe` is tuned.
@@ -147,6 +150,17 @@ class AnnIndex:
         picked = np.sort(rng.choice(rows, size=want_sample, replace=False)) if rows else np.empty(0, np.int64)
         sample = np.empty((want_sample, dim), dtype=np.float32)
         chunk = _Chunk(0, rows, "", np.empty((0, dim), np.float32))
+        if folder is not None and export is not None:
+            chunk.name = f"vec-{gen}-0-{rows}.npy"
+            with open(folder / chunk.name, "wb") as fh:
+                np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
+            export(0, rows, folder / chunk.name)
+            chunk.vectors = np.load(folder / chunk.name, mmap_mode="r")
+            for lo in range(0, rows, chunk_rows):
+                hi = min(rows, lo + chunk_rows)
+                inside = (picked >= lo) & (picked < hi)
+                sample[inside] = chunk.read(lo, hi)[picked[inside] - lo]
+            return cls._built(chunk, sample, dim, rows, nlist, ids, version, gen, files, start, chunk_rows)
         target = None
         kept: list[np.ndarray] = []
         if folder is not None:
@@ -171,6 +185,14 @@ class AnnIndex:
             chunk.vectors = np.load(folder / chunk.name, mmap_mode="r")
         else:
             chunk.vectors = np.concatenate(kept) if kept else np.empty((0, dim), np.float32)
+        return cls._built(chunk, sample, dim, rows, nlist, ids, version, gen, files, start, chunk_rows)
+
+    @classmethod
+    def _built(
+        cls, chunk: _Chunk, sample: np.ndarray, dim: int, rows: int, nlist: int, ids: list[str],
+        version: str, gen: str, files: IndexFiles | None, start: float, chunk_rows: int,
+    ) -> AnnIndex:
+        """The rest of `build`, once the vectors are in `chunk` and the sample drawn."""
         read_s = time.perf_counter() - start
         index = ivf.trained(sample, nlist, THREADS)
         del sample

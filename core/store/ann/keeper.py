@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -52,6 +53,11 @@ class DatasetReader(Protocol):
         """The ids of rows [lo, hi)."""
         ...
 
+    def export(self, lo: int, hi: int, target: Path) -> None:
+        """Append rows [lo, hi) as float32 unit rows to the file `target` (a build reads the
+        whole column this way)."""
+        ...
+
 
 class IndexKeeper:
     def __init__(self, files: IndexFiles | None, dim: int, *, require_fit: bool) -> None:
@@ -65,6 +71,7 @@ class IndexKeeper:
         self._writer: AnnIndex | None = None  # a writer's copy (in memory, kept up to date)
         self._view: IndexView | None = None
         self._none_for: tuple[str, int] | None = None  # the version known to have no usable index
+        self._gave_up = False  # a writer found no usable index: `update` builds it at the end
         self._warned: set[str] = set()
 
     # ----- searching ---------------------------------------------------------------------------
@@ -137,9 +144,10 @@ class IndexKeeper:
         """Build the index of the dataset at `version` from scratch (and save it)."""
         with self._lock:
             index = AnnIndex.build(
-                dim=self._dim, rows=rows, read=reader.embeddings, ids=ids, version=version, files=self.files
+                dim=self._dim, rows=rows, read=reader.embeddings, ids=ids, version=version, files=self.files,
+                export=reader.export,
             )
-            self._writer = index
+            self._writer, self._gave_up = index, False
             if self.files is None:
                 self._loaded = index
             self._view, self._none_for = None, None
@@ -175,12 +183,13 @@ class IndexKeeper:
     ) -> None:
         """A commit took the dataset from `before` to `after` (version, rows): apply it to the
         writer's copy when there is one (loaded now when rows were removed), and save when due."""
-        if self.files is None and self._writer is None:
+        if (self.files is None and self._writer is None) or self._gave_up:
             return
         with self._lock:
             index = self._writer or self._writable(*before, reader)
             if index is None:
-                return  # no usable index: `update` builds it when the ingest ends
+                self._gave_up = True  # no usable index: `update` builds it when the ingest ends
+                return
             vectors = added if added is not None else _empty(self._dim)
             index.apply(removed_ids, added_ids, vectors, version=after[0], rows=after[1])
             if removed_ids or index.unsaved >= SAVE_EVERY_ROWS:

@@ -34,6 +34,7 @@ class IndexView:
     slot_row: np.ndarray  # int64 [slots]: the current row of each slot, -1 for tombstones
     row_slot: np.ndarray  # int64 [index.rows]: the slot of each row the index covers
     tail: np.ndarray  # float32 [rows - index.rows, dim]: rows appended since, unit length
+    identity: bool  # slot == row for every row the index covers (no row removed since a build)
 
     @classmethod
     def line_up(
@@ -50,12 +51,13 @@ class IndexView:
         covered = slot_row[mapped]
         inside = covered < index.rows
         row_slot[covered[inside]] = np.flatnonzero(mapped)[inside]
-        return cls(index, version, rows, slot_row, row_slot, tail)
+        identity = index.slots == index.rows and bool(np.array_equal(row_slot, np.arange(index.rows)))
+        return cls(index, version, rows, slot_row, row_slot, tail, identity)
 
     def extended(self, version: str, rows: int, more: np.ndarray) -> IndexView:
         """The same index with `more` rows appended (to the tail)."""
         tail = np.concatenate([self.tail, more]) if len(more) else self.tail
-        return IndexView(self.index, version, rows, self.slot_row, self.row_slot, tail)
+        return IndexView(self.index, version, rows, self.slot_row, self.row_slot, tail, self.identity)
 
     def vectors_of_rows(self, rows: np.ndarray) -> np.ndarray:
         covered = self.index.rows
@@ -76,7 +78,9 @@ def search(view: IndexView, table: Table, request: SearchRequest, ids: list[str]
         if len(passing) <= max(SELECTIVE_ROWS, want):
             return _hits(table, ids, passing, view.vectors_of_rows(passing) @ q, request)
     allowed = None
-    if mask is not None:
+    if mask is not None and view.identity:
+        allowed = mask[:covered]  # slots are rows: the mask is the filter
+    elif mask is not None:
         allowed = np.zeros(view.index.slots, dtype=bool)
         inside = view.row_slot[: min(covered, len(mask))]
         ok = mask[: len(inside)] & (inside >= 0)
