@@ -384,3 +384,17 @@ async def test_a_backfill_interrupted_by_a_restart_resumes_from_its_cursor(fake,
     snap = memory.store._snapshot(tenant)
     kept = {snap.messages[r] for r in snap.rows_where(channel=str(channel), message=None, author=None, items=None)}
     assert kept == {posted[i]["id"] for i in (1, 2, 3)}
+
+
+async def test_memory_commands_pass_the_same_allow_lists_as_searches(fake, runner, world, settings):
+    cog = runner.bot.cog
+    saved = cog.settings
+    only_b = {**settings.discord.model_dump(), "allowed_channels": [world.channel_b]}
+    cog.settings = Settings.model_validate({**settings.model_dump(), "discord": only_b})
+    try:
+        channel = await world.channel()
+        said = await memory_cmd(fake, world, "on", channel, roles=(world.mods,))
+    finally:
+        cog.settings = saved
+    assert said == "Searching is not enabled in this channel"
+    assert not runner.service.channel_memory.is_on(Tenant("discord", str(world.guild_a)), str(channel))
